@@ -1,0 +1,1 @@
+"""Runtime kit shared by the five services: wiring only, no pathway rules."""

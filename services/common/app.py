@@ -1,0 +1,186 @@
+"""The composition kit: a service's runtime (broker, store, outbox, consumer) and its HTTP app.
+
+Each service's `main.create_app(settings)` builds a Runtime, registers its handlers on
+`runtime.consumer`, adds its API routers and calls `http_app(...)`. The HTTP app serves
+`/healthz` (liveness: the process answers, no dependency checks), `/readyz` (broker and
+store reachable, not draining), `/metrics`, and the service's own API with OpenAPI docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from faststream.kafka import KafkaBroker
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.auth import Principals
+from services.common.clock import Clock, SystemClock
+from services.common.errors import PathwayError
+from services.common.messaging import OUTAGE_ERRORS, Consumer, Outbox, Publisher, make_broker
+from services.common.metrics import KitMetrics
+from services.common.settings import ServiceSettings
+from services.common.store import Outcome, Store, Tx, make_client
+from services.common.tracing import tracer_provider
+
+log = logging.getLogger("pathway.app")
+T = TypeVar("T")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    service: str
+    settings: ServiceSettings
+    clock: Clock
+    metrics: KitMetrics
+    tracer_provider: TracerProvider
+    broker: KafkaBroker
+    publisher: Publisher
+    store: Store
+    outbox: Outbox
+    consumer: Consumer
+    startup: list[Hook] = field(default_factory=list)
+    background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    draining: bool = False
+
+    async def commit(self, work: Callable[[Tx], Awaitable[T]], *, cause_id: str | None = None) -> Outcome[T]:
+        """Run a unit of work (state and outbox in one transaction), then publish its events."""
+        outcome = await self.store.transact(work, cause_id=cause_id, now=self.clock.now())
+        await self.outbox.flush(outcome)
+        return outcome
+
+    def config_path(self, name: str) -> Path:
+        return self.settings.config_dir / name
+
+
+def build_runtime(
+    service: str,
+    settings: ServiceSettings,
+    *,
+    clock: Clock | None = None,
+    span_processors: list[SpanProcessor] | None = None,
+) -> Runtime:
+    metrics = KitMetrics.create(service)
+    provider = tracer_provider(service, settings.otel, span_processors)
+    broker = make_broker(service, settings.kafka, metrics, provider)
+    publisher = Publisher(broker, service, metrics)
+    store = Store(make_client(settings.mongo), settings.database_name(service), service)
+    consumer = Consumer(
+        service=service,
+        group=settings.group(service),
+        broker=broker,
+        publisher=publisher,
+        metrics=metrics,
+        retry=settings.retry,
+        kafka=settings.kafka,
+    )
+    return Runtime(
+        service=service,
+        settings=settings,
+        clock=clock or SystemClock(),
+        metrics=metrics,
+        tracer_provider=provider,
+        broker=broker,
+        publisher=publisher,
+        store=store,
+        outbox=Outbox(store, publisher, metrics, service),
+        consumer=consumer,
+    )
+
+
+async def _start_broker(runtime: Runtime, attempts: int = 30) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            await runtime.broker.start()
+            return
+        except OUTAGE_ERRORS:
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"Kafka at {runtime.settings.kafka.bootstrap_servers} did not answer: is the broker running?"
+                ) from None
+            await asyncio.sleep(min(2.0, 0.2 * attempt))
+
+
+def http_app(
+    runtime: Runtime,
+    *,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter] = (),
+    principals: Principals | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        runtime.consumer.stopping = stopping
+        await runtime.store.ensure_kit_indexes()
+        for hook in runtime.startup:
+            await hook()
+        await _start_broker(runtime)
+        tasks = [asyncio.create_task(runtime.outbox.run(runtime.settings.outbox_relay_interval_s, stopping))]
+        tasks += [asyncio.create_task(job(stopping)) for job in runtime.background]
+        log.info("started")
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            stopping.set()
+            # broker.stop() lets in-flight handlers finish within the graceful timeout;
+            # nothing unfinished is committed (NACK_ON_ERROR, commit after handling).
+            await runtime.broker.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.store.client.close()
+            runtime.tracer_provider.shutdown()
+            log.info("stopped")
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.service = runtime.service
+    app.state.kit_metrics = runtime.metrics
+    app.state.principals = principals or Principals([])
+
+    @app.exception_handler(PathwayError)
+    async def pathway_error(_: Request, error: PathwayError) -> JSONResponse:
+        return JSONResponse(
+            status_code=error.http_status,
+            content={"detail": error.message, "errors": [e.model_dump() for e in error.errors]},
+        )
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.service}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: broker and store reachable, not draining")
+    async def readyz() -> Response:
+        checks: dict[str, Any] = {"draining": runtime.draining}
+        try:
+            await asyncio.wait_for(runtime.store.ping(), timeout=2.0)
+            checks["store"] = "ok"
+        except Exception as error:
+            checks["store"] = type(error).__name__
+        try:
+            checks["broker"] = "ok" if await runtime.broker.ping(timeout=2.0) else "unreachable"
+        except Exception as error:
+            checks["broker"] = type(error).__name__
+        ready = checks["store"] == "ok" and checks["broker"] == "ok" and not runtime.draining
+        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app

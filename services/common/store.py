@@ -1,0 +1,156 @@
+"""MongoDB wiring: the client, and units of work that commit state and outbox together.
+
+A unit of work runs in one MongoDB transaction: it marks the causing event as processed
+(so redelivery changes nothing), applies the state change, and writes the events it causes
+to the `outbox` collection. The messaging kit publishes them after the commit; a relay
+publishes any that a crash left behind. State and events are never split by a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from bson import ObjectId
+from opentelemetry import propagate
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from pathway_schemas.base import PathwayEvent
+from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
+from services.common.settings import MongoSettings
+
+T = TypeVar("T")
+Document = dict[str, Any]
+
+OUTBOX = "outbox"
+PROCESSED = "processed"
+
+
+def make_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
+    return AsyncMongoClient(
+        settings.url,
+        serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
+        tz_aware=True,
+        uuidRepresentation="standard",
+    )
+
+
+@dataclass
+class Tx:
+    """What a unit of work can touch: the session-bound database, and `emit`."""
+
+    session: AsyncClientSession
+    db: AsyncDatabase[Document]
+    service: str
+    cause_id: str | None
+    now: datetime
+    records: list[KafkaRecord] = field(default_factory=list)
+
+    def emit(self, event: PathwayEvent, *, topic: str | None = None, event_id: str | None = None) -> str:
+        """Queue an event for publication once this unit of work commits; returns its id.
+
+        Events caused by another get ids derived from the cause, so that a replayed cause
+        re-derives the same ids and consumers can drop the repeat.
+        """
+        if event_id is None:
+            event_id = (
+                derived_event_id(self.cause_id, self.service, event.event_type, str(len(self.records)))
+                if self.cause_id
+                else new_event_id()
+            )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        record = to_record(
+            event,
+            topic=topic or event.topic,
+            source=f"/imaging/{self.service}",
+            event_id=event_id,
+            emitted_at=self.now,
+            trace=carrier,
+        )
+        self.records.append(record)
+        return event_id
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What a unit of work did: its value, or that its cause was already processed."""
+
+    value: T | None
+    duplicate: bool
+    records: tuple[KafkaRecord, ...]
+
+
+class Store:
+    def __init__(self, client: AsyncMongoClient[Document], database: str, service: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Document] = client[database]
+        self.service = service
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def ensure_kit_indexes(self) -> None:
+        await self.db[OUTBOX].create_index("seq")
+
+    async def transact(
+        self,
+        work: Callable[[Tx], Awaitable[T]],
+        *,
+        cause_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Outcome[T]:
+        """Run `work` in a transaction; a cause already processed returns `duplicate=True`."""
+        moment = now or datetime.now(UTC)
+
+        async def callback(session: AsyncClientSession) -> tuple[T, list[KafkaRecord]]:
+            tx = Tx(session=session, db=self.db, service=self.service, cause_id=cause_id, now=moment)
+            if cause_id is not None:
+                try:
+                    await self.db[PROCESSED].insert_one({"_id": cause_id, "at": moment}, session=session)
+                except DuplicateKeyError:
+                    raise _AlreadyProcessed from None
+            value = await work(tx)
+            if tx.records:
+                await self.db[OUTBOX].insert_many(
+                    [_outbox_document(r, moment) for r in tx.records], session=session
+                )
+            return value, tx.records
+
+        async with self.client.start_session() as session:
+            try:
+                value, records = await session.with_transaction(callback)
+            except _AlreadyProcessed:
+                return Outcome(value=None, duplicate=True, records=())
+        return Outcome(value=value, duplicate=False, records=tuple(records))
+
+
+class _AlreadyProcessed(Exception):
+    """The causing event was applied before: abort, change nothing."""
+
+
+def _outbox_document(record: KafkaRecord, moment: datetime) -> Document:
+    headers = dict((k, v.decode()) for k, v in record.headers)
+    return {
+        "_id": headers["ce_id"],
+        "seq": ObjectId(),
+        "topic": record.topic,
+        "key": record.key,
+        "value": record.value,
+        "headers": [[k, v] for k, v in record.headers],
+        "created_at": moment,
+    }
+
+
+def record_from_outbox(document: Document) -> KafkaRecord:
+    return KafkaRecord(
+        topic=document["topic"],
+        key=bytes(document["key"]),
+        value=bytes(document["value"]),
+        headers=tuple((k, bytes(v)) for k, v in document["headers"]),
+    )
