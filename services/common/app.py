@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -22,6 +22,7 @@ from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pathway_schemas.base import PathwayEvent
 from services.common.auth import Principals
 from services.common.clock import Clock, SystemClock
 from services.common.errors import PathwayError
@@ -52,12 +53,28 @@ class Runtime:
     startup: list[Hook] = field(default_factory=list)
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     draining: bool = False
+    emitted: dict[str, list[type[PathwayEvent]]] = field(default_factory=dict)
 
     async def commit(self, work: Callable[[Tx], Awaitable[T]], *, cause_id: str | None = None) -> Outcome[T]:
         """Run a unit of work (state and outbox in one transaction), then publish its events."""
         outcome = await self.store.transact(work, cause_id=cause_id, now=self.clock.now())
         await self.outbox.flush(outcome)
         return outcome
+
+    def emits(self, topic: str, *events: type[PathwayEvent]) -> None:
+        """Declare what this service publishes on a topic, for its AsyncAPI document.
+
+        Publishing itself always goes through the outbox (`tx.emit`); this declaration only
+        documents the channel and its message schemas.
+        """
+        payload: Any = events[0] if len(events) == 1 else Union[events]  # noqa: UP007
+        self.broker.publisher(
+            topic,
+            title=f"{self.service}:{topic}:publish",
+            schema=payload,
+            description="; ".join(e.event_type for e in events),
+        )
+        self.emitted.setdefault(topic, []).extend(events)
 
     def config_path(self, name: str) -> Path:
         return self.settings.config_dir / name

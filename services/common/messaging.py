@@ -214,6 +214,9 @@ class Consumer:
         self.handlers: dict[str, Handler] = {}
         self.topics: list[str] = []
         self.stopping = asyncio.Event()
+        # Called with (topic, headers, error) before an undecodable record is dead-lettered,
+        # for a service that also owes the sender an answer (the intake reply topic).
+        self.on_invalid: Callable[[str, Sequence[tuple[str, bytes]], InvalidEvent], Awaitable[None]] | None = None
 
     def on(self, *event_classes: type[E]) -> Callable[[Handler], Handler]:
         """Register a handler for one or more event classes."""
@@ -261,6 +264,8 @@ class Consumer:
         try:
             received = from_record(headers, value, topic=topic, key=key)
         except InvalidEvent as invalid:
+            if self.on_invalid is not None:
+                await self.on_invalid(topic, headers, invalid)
             await self.dead_letter(topic, partition, offset, key, value, headers, None, invalid, "invalid", 1)
             return
         event_type = received.envelope.type
