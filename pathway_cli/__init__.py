@@ -1,0 +1,1 @@
+"""The `pathway` command line and the embedded stack it runs (also used by the tests)."""
