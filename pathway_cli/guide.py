@@ -106,7 +106,9 @@ def _topic_rows() -> str:
     }
     rows = []
     for topic, owner in owners.items():
-        names = ", ".join(f"`{m.event_type.removeprefix('uk.nhs.imaging.')}`" for m in FAMILIES[topic])
+        names = ", ".join(
+            f"`{m.event_type.removeprefix('uk.nhs.imaging.')}`" for m in FAMILIES[topic]
+        )
         rows.append(f"| `{topic}` | {owner} | {names} |")
     return "\n".join(rows)
 
@@ -122,7 +124,9 @@ def _concrete_topic(model: type[PathwayEvent]) -> str:
 def _section(model: type[PathwayEvent]) -> str:
     event = example(model)
     topic = _concrete_topic(model)
-    record = to_record(event, topic=topic, source="/examples", event_id=EXAMPLE_EVENT_ID, emitted_at=EMITTED)
+    record = to_record(
+        event, topic=topic, source="/examples", event_id=EXAMPLE_EVENT_ID, emitted_at=EMITTED
+    )
     headers = "\n".join(f"{k}: {v.decode()}" for k, v in record.headers)
     body = json.dumps(json.loads(record.value), indent=2)
     doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")

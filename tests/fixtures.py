@@ -44,8 +44,12 @@ def service_settings(kafka: str, mongo_url: str, isolated_names: Any) -> Setting
     def make(settings_class: type[S], service: str, **overrides: Any) -> S:
         values: dict[str, Any] = {
             "kafka": KafkaSettings(bootstrap_servers=kafka, session_timeout_ms=6000),
-            "mongo": MongoSettings(url=mongo_url, database=isolated_names.database(f"imaging_{service}")),
-            "retry": RetrySettings(attempts=3, backoff_s=0.05, backoff_max_s=0.2, outage_budget_s=5),
+            "mongo": MongoSettings(
+                url=mongo_url, database=isolated_names.database(f"imaging_{service}")
+            ),
+            "retry": RetrySettings(
+                attempts=3, backoff_s=0.05, backoff_max_s=0.2, outage_budget_s=5
+            ),
             "config_dir": REPO / "config",
             "outbox_relay_interval_s": 0.5,
         }

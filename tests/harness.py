@@ -19,7 +19,6 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
-
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import Received, from_record, to_record
 
@@ -42,9 +41,13 @@ class RunningService:
 
 
 @contextlib.asynccontextmanager
-async def running_service(app: FastAPI, *, ready_timeout: float = 60.0) -> AsyncIterator[RunningService]:
+async def running_service(
+    app: FastAPI, *, ready_timeout: float = 60.0
+) -> AsyncIterator[RunningService]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as client:
@@ -68,7 +71,9 @@ async def running_service(app: FastAPI, *, ready_timeout: float = 60.0) -> Async
             await task
 
 
-async def publish(bootstrap: str, events: Iterable[tuple[PathwayEvent, str]], *, source: str = "/tests") -> list[str]:
+async def publish(
+    bootstrap: str, events: Iterable[tuple[PathwayEvent, str]], *, source: str = "/tests"
+) -> list[str]:
     """Publish events (event, topic) as a provider or practice system would; returns their ids."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
@@ -76,7 +81,9 @@ async def publish(bootstrap: str, events: Iterable[tuple[PathwayEvent, str]], *,
     try:
         for event, topic in events:
             record = to_record(event, topic=topic, source=source)
-            await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            )
             ids.append(dict(record.headers)["ce_id"].decode())
     finally:
         await producer.stop()
@@ -116,11 +123,17 @@ class TopicReader:
         return decoded
 
     async def wait_for(
-        self, predicate: Callable[[list[Any]], bool], *, timeout: float = 30.0, what: str = "records"
+        self,
+        predicate: Callable[[list[Any]], bool],
+        *,
+        timeout: float = 30.0,
+        what: str = "records",
     ) -> list[Any]:
         deadline = time.monotonic() + timeout
         while not predicate(self.records):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}; saw {len(self.records)} records")
+                raise TimeoutError(
+                    f"timed out after {timeout}s waiting for {what}; saw {len(self.records)} records"
+                )
             await self.poll()
         return self.records

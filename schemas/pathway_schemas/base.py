@@ -32,8 +32,12 @@ class PathwayEvent(BaseModel):
         event_type = cls.__dict__.get("event_type")
         if event_type is None:
             return  # an abstract base, not a published event
-        if not event_type.startswith(TYPE_PREFIX) or not event_type.rsplit(".", 1)[-1].startswith("v"):
-            raise TypeError(f"{cls.__name__}.event_type {event_type!r} must be '{TYPE_PREFIX}<family>.<name>.vN'")
+        if not event_type.startswith(TYPE_PREFIX) or not event_type.rsplit(".", 1)[-1].startswith(
+            "v"
+        ):
+            raise TypeError(
+                f"{cls.__name__}.event_type {event_type!r} must be '{TYPE_PREFIX}<family>.<name>.vN'"
+            )
         if event_type in EVENT_TYPES:
             raise TypeError(f"event type {event_type!r} is declared twice")
         EVENT_TYPES[event_type] = cls

@@ -122,7 +122,9 @@ def to_record(
     )
 
 
-def _header_map(headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str]) -> dict[str, str]:
+def _header_map(
+    headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str],
+) -> dict[str, str]:
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     result: dict[str, str] = {}
     for name, raw in pairs:
@@ -131,19 +133,28 @@ def _header_map(headers: Iterable[tuple[str, bytes | str | None]] | Mapping[str,
         try:
             result[name] = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         except UnicodeDecodeError:
-            raise InvalidEvent("header is not UTF-8", [FieldError(field=f"header:{name}", message="not UTF-8")]) from None
+            raise InvalidEvent(
+                "header is not UTF-8", [FieldError(field=f"header:{name}", message="not UTF-8")]
+            ) from None
     return result
 
 
 def _parse_time(value: str | None, name: str) -> datetime:
     if not value:
-        raise InvalidEvent("missing CloudEvents attribute", [FieldError(field=f"header:{name}", message="required")])
+        raise InvalidEvent(
+            "missing CloudEvents attribute",
+            [FieldError(field=f"header:{name}", message="required")],
+        )
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidEvent("bad timestamp", [FieldError(field=f"header:{name}", message="not an RFC 3339 time")]) from None
+        raise InvalidEvent(
+            "bad timestamp", [FieldError(field=f"header:{name}", message="not an RFC 3339 time")]
+        ) from None
     if moment.tzinfo is None:
-        raise InvalidEvent("bad timestamp", [FieldError(field=f"header:{name}", message="needs a UTC offset")])
+        raise InvalidEvent(
+            "bad timestamp", [FieldError(field=f"header:{name}", message="needs a UTC offset")]
+        )
     return moment
 
 
@@ -166,21 +177,37 @@ def from_record(
     if value is None:
         raise InvalidEvent("empty record", [FieldError(field="(value)", message="no body")])
     if len(value) > MAX_RECORD_BYTES:
-        raise InvalidEvent("record too large", [FieldError(field="(value)", message=f"over {MAX_RECORD_BYTES} bytes")])
+        raise InvalidEvent(
+            "record too large",
+            [FieldError(field="(value)", message=f"over {MAX_RECORD_BYTES} bytes")],
+        )
     attrs = _header_map(headers)
-    missing = [n for n in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject") if not attrs.get(n)]
+    missing = [
+        n
+        for n in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject")
+        if not attrs.get(n)
+    ]
     if missing:
         raise InvalidEvent(
-            "missing CloudEvents attributes", [FieldError(field=f"header:{n}", message="required") for n in missing]
+            "missing CloudEvents attributes",
+            [FieldError(field=f"header:{n}", message="required") for n in missing],
         )
     if attrs["ce_specversion"] != SPECVERSION:
-        raise InvalidEvent("unsupported specversion", [FieldError(field="header:ce_specversion", message="must be 1.0")])
+        raise InvalidEvent(
+            "unsupported specversion",
+            [FieldError(field="header:ce_specversion", message="must be 1.0")],
+        )
     if len(attrs["ce_id"]) > 128 or len(attrs["ce_source"]) > 256:
-        raise InvalidEvent("attribute too long", [FieldError(field="header:ce_id", message="at most 128 characters")])
+        raise InvalidEvent(
+            "attribute too long",
+            [FieldError(field="header:ce_id", message="at most 128 characters")],
+        )
     event_type = attrs["ce_type"]
     model = EVENT_TYPES.get(event_type)
     if model is None:
-        raise InvalidEvent("unknown event type", [FieldError(field="header:ce_type", message="not a known type")])
+        raise InvalidEvent(
+            "unknown event type", [FieldError(field="header:ce_type", message="not a known type")]
+        )
     if topic is not None:
         try:
             allowed = FAMILIES[family_of_topic(topic)]
@@ -193,21 +220,34 @@ def from_record(
             )
     content_type = attrs.get("content-type", CONTENT_TYPE).split(";")[0].strip()
     if content_type != CONTENT_TYPE:
-        raise InvalidEvent("unsupported content type", [FieldError(field="header:content-type", message="must be application/json")])
+        raise InvalidEvent(
+            "unsupported content type",
+            [FieldError(field="header:content-type", message="must be application/json")],
+        )
     try:
         payload = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidEvent("body is not JSON", [FieldError(field="(body)", message="not valid JSON")]) from None
+        raise InvalidEvent(
+            "body is not JSON", [FieldError(field="(body)", message="not valid JSON")]
+        ) from None
     if not isinstance(payload, dict):
-        raise InvalidEvent("body is not a JSON object", [FieldError(field="(body)", message="must be an object")])
+        raise InvalidEvent(
+            "body is not a JSON object", [FieldError(field="(body)", message="must be an object")]
+        )
     try:
         event = model.model_validate(payload)
     except ValidationError as error:
         raise InvalidEvent("invalid event data", validation_errors(error)) from None
     if attrs["ce_subject"] != event.subject:
-        raise InvalidEvent("subject does not match the event", [FieldError(field="header:ce_subject", message="must equal the referral id")])
+        raise InvalidEvent(
+            "subject does not match the event",
+            [FieldError(field="header:ce_subject", message="must equal the referral id")],
+        )
     if key is not None and key != event.subject.encode():
-        raise InvalidEvent("key does not match the event", [FieldError(field="(key)", message="must equal the referral id")])
+        raise InvalidEvent(
+            "key does not match the event",
+            [FieldError(field="(key)", message="must equal the referral id")],
+        )
     envelope = Envelope(
         id=attrs["ce_id"],
         source=attrs["ce_source"],

@@ -63,7 +63,8 @@ class ReferralSubmitted(ReferralEvent, ReferralDetails):
     ionising: bool
     guidance: GuidanceAdvice
     duplicate_of: tuple[ReferralId, ...] = Field(
-        default=(), description="Earlier referrals for the same patient and examination (flag, not block)"
+        default=(),
+        description="Earlier referrals for the same patient and examination (flag, not block)",
     )
     channel: Literal["api", "kafka", "fhir"] = "api"
 
@@ -164,7 +165,9 @@ class VettingQueued(ReferralEvent):
 
     priority: Priority
     modality: Modality
-    why: ShortText = Field(description="Why a person must vet it (not open access, guidance, duplicate)")
+    why: ShortText = Field(
+        description="Why a person must vet it (not open access, guidance, duplicate)"
+    )
 
 
 class VettingAccepted(ReferralEvent):
@@ -197,7 +200,9 @@ class VettingAccepted(ReferralEvent):
     @model_validator(mode="after")
     def _ionising_needs_practitioner(self) -> VettingAccepted:
         if self.ionising and not self.automatic and self.justified_by is None:
-            raise ValueError("justified_by: an ionising examination needs a justifying practitioner (IR(ME)R)")
+            raise ValueError(
+                "justified_by: an ionising examination needs a justifying practitioner (IR(ME)R)"
+            )
         return self
 
 
@@ -269,7 +274,9 @@ class AppointmentBooked(ReferralEvent):
     priority: Priority
     modality: Modality
     examination_code: ExaminationCode
-    wait_seconds: float = Field(ge=0, description="Received → appointment, less patient-elected delay")
+    wait_seconds: float = Field(
+        ge=0, description="Received → appointment, less patient-elected delay"
+    )
     within_target: bool
 
 
@@ -304,7 +311,9 @@ class AppointmentCancelled(ReferralEvent):
     topic = topics.BOOKING
 
     appointment: Appointment
-    reason: Literal["referral_cancelled", "patient_request", "provider_request", "returned_to_referrer"]
+    reason: Literal[
+        "referral_cancelled", "patient_request", "provider_request", "returned_to_referrer"
+    ]
 
 
 class AppointmentMissed(ReferralEvent):
@@ -524,7 +533,13 @@ class PatientNotified(ReferralEvent):
     event_type = _V + "notification.patient_notified.v1"
     topic = topics.NOTIFICATION
 
-    notice: Literal["appointment_booked", "appointment_changed", "appointment_cancelled", "walk_in", "report_delayed"]
+    notice: Literal[
+        "appointment_booked",
+        "appointment_changed",
+        "appointment_cancelled",
+        "walk_in",
+        "report_delayed",
+    ]
     channel: str = Field(max_length=32)
 
 
@@ -532,7 +547,9 @@ class ReferrerNotified(ReferralEvent):
     event_type = _V + "notification.referrer_notified.v1"
     topic = topics.NOTIFICATION
 
-    notice: Literal["returned", "queried", "report_delayed", "cancelled", "returned_after_dna", "wait_breached"]
+    notice: Literal[
+        "returned", "queried", "report_delayed", "cancelled", "returned_after_dna", "wait_breached"
+    ]
     channel: str = Field(max_length=32)
 
 
@@ -671,7 +688,9 @@ class DeadLetter(_Value):
     attempts: int
     dead_lettered_at: AwareDatetime
     original_key_b64: str = ""
-    original_value_b64: str = Field(default="", description="The original record value (truncated at 512 KiB)")
+    original_value_b64: str = Field(
+        default="", description="The original record value (truncated at 512 KiB)"
+    )
 
 
 FAMILIES: dict[str, tuple[type[PathwayEvent], ...]] = {

@@ -68,11 +68,18 @@ def _signature(node: Any, root: Schema, depth: int = 0) -> Any:
     if not isinstance(node, dict) or depth > 8:
         return None
     if "anyOf" in node or "oneOf" in node:
-        options = node.get("anyOf", node.get("oneOf", []))
+        options: list[Any] = node.get("anyOf") or node.get("oneOf") or []
         return ("union", tuple(sorted(repr(_signature(o, root, depth + 1)) for o in options)))
     kind = node.get("type")
     if kind == "object" and "properties" in node:
-        return ("object", tuple(sorted((k, repr(_signature(v, root, depth + 1))) for k, v in node["properties"].items())))
+        return (
+            "object",
+            tuple(
+                sorted(
+                    (k, repr(_signature(v, root, depth + 1))) for k, v in node["properties"].items()
+                )
+            ),
+        )
     if kind == "array":
         items = node.get("items") or node.get("prefixItems")
         return ("array", repr(_signature(items, root, depth + 1)))
@@ -90,13 +97,19 @@ def breaking_changes(old: Schema, new: Schema) -> list[str]:
         elif _signature(old_props[name], old) != _signature(new_props[name], new):
             problems.append(f"field {name!r} changed type")
         else:
-            old_enum = _resolve(old_props[name], old).get("enum")
-            new_enum = _resolve(new_props[name], new).get("enum")
+            old_enum = _resolve(old_props[name], old).get("enum") or []
+            new_enum = _resolve(new_props[name], new).get("enum") or []
             if old_enum and new_enum and set(old_enum) - set(new_enum):
-                problems.append(f"field {name!r} lost enum values {sorted(set(old_enum) - set(new_enum))}")
+                problems.append(
+                    f"field {name!r} lost enum values {sorted(set(old_enum) - set(new_enum))}"
+                )
     newly_required = set(new.get("required", [])) - set(old.get("required", []))
     for name in sorted(newly_required):
-        problems.append(f"field {name!r} became required" if name in old_props else f"required field {name!r} was added")
+        problems.append(
+            f"field {name!r} became required"
+            if name in old_props
+            else f"required field {name!r} was added"
+        )
     return problems
 
 
@@ -112,7 +125,9 @@ def check(directory: Path) -> list[str]:
             continue
         old = json.loads(path.read_text("utf-8"))
         for change in breaking_changes(old, schema):
-            problems.append(f"{event_type}: BREAKING within a version: {change}; publish a new version instead")
+            problems.append(
+                f"{event_type}: BREAKING within a version: {change}; publish a new version instead"
+            )
         if _render(old) != _render(schema):
             problems.append(f"{event_type}: committed schema is out of date (run `make schemas`)")
     for event_type in committed.keys() - current.keys():

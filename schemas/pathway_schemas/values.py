@@ -24,7 +24,9 @@ def _check_nhs_number(value: str) -> str:
     if not re.fullmatch(r"\d{10}", value):
         raise ValueError("an NHS number is 10 digits (spaces allowed between groups)")
     if str(nhs_number.calculate_checksum(value[:9])) != value[9]:
-        raise ValueError("the NHS number fails its Modulus 11 check digit: check it was typed correctly")
+        raise ValueError(
+            "the NHS number fails its Modulus 11 check digit: check it was typed correctly"
+        )
     if not nhs_number.is_valid(value):
         # The package also knows the allocated ranges (a Scottish CHI number starts with a date).
         raise ValueError("the number is not in a valid NHS or CHI number range")
@@ -35,7 +37,10 @@ NhsNumber = Annotated[
     str,
     BeforeValidator(_normalise_nhs_number),
     AfterValidator(_check_nhs_number),
-    Field(description="NHS number: 10 digits with a valid Modulus 11 check digit", examples=["9434765919"]),
+    Field(
+        description="NHS number: 10 digits with a valid Modulus 11 check digit",
+        examples=["9434765919"],
+    ),
 ]
 
 

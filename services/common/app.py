@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -20,11 +20,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from pathway_schemas.base import PathwayEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pathway_schemas.base import PathwayEvent
 from services.common.auth import Principals
-from services.common.clock import Clock, SystemClock
+from services.common.clock import Clock, clock_from_settings
 from services.common.errors import PathwayError
 from services.common.messaging import OUTAGE_ERRORS, Consumer, Outbox, Publisher, make_broker
 from services.common.metrics import KitMetrics
@@ -51,11 +51,13 @@ class Runtime:
     outbox: Outbox
     consumer: Consumer
     startup: list[Hook] = field(default_factory=list)
-    background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
     draining: bool = False
     emitted: dict[str, list[type[PathwayEvent]]] = field(default_factory=dict)
 
-    async def commit(self, work: Callable[[Tx], Awaitable[T]], *, cause_id: str | None = None) -> Outcome[T]:
+    async def commit(
+        self, work: Callable[[Tx], Awaitable[T]], *, cause_id: str | None = None
+    ) -> Outcome[T]:
         """Run a unit of work (state and outbox in one transaction), then publish its events."""
         outcome = await self.store.transact(work, cause_id=cause_id, now=self.clock.now())
         await self.outbox.flush(outcome)
@@ -104,7 +106,7 @@ def build_runtime(
     return Runtime(
         service=service,
         settings=settings,
-        clock=clock or SystemClock(),
+        clock=clock or clock_from_settings(settings.clock.mode, settings.clock.file),
         metrics=metrics,
         tracer_provider=provider,
         broker=broker,
@@ -144,7 +146,11 @@ def http_app(
         for hook in runtime.startup:
             await hook()
         await _start_broker(runtime)
-        tasks = [asyncio.create_task(runtime.outbox.run(runtime.settings.outbox_relay_interval_s, stopping))]
+        tasks = [
+            asyncio.create_task(
+                runtime.outbox.run(runtime.settings.outbox_relay_interval_s, stopping)
+            )
+        ]
         tasks += [asyncio.create_task(job(stopping)) for job in runtime.background]
         log.info("started")
         try:
@@ -179,7 +185,11 @@ def http_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": runtime.service}
 
-    @app.get("/readyz", tags=["operations"], summary="Readiness: broker and store reachable, not draining")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness: broker and store reachable, not draining",
+    )
     async def readyz() -> Response:
         checks: dict[str, Any] = {"draining": runtime.draining}
         try:
@@ -196,7 +206,9 @@ def http_app(
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
-        return PlainTextResponse(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(
+            generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
     for router in routers:
         app.include_router(router)

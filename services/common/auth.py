@@ -42,12 +42,17 @@ class PrincipalEntry(Principal):
 
 class Principals:
     def __init__(self, entries: list[PrincipalEntry]) -> None:
-        self._by_hash = {e.key_sha256: Principal(name=e.name, role=e.role, organisation=e.organisation) for e in entries}
+        self._by_hash = {
+            e.key_sha256: Principal(name=e.name, role=e.role, organisation=e.organisation)
+            for e in entries
+        }
 
     @classmethod
     def load(cls, path: Path) -> Principals:
         if not path.exists():
-            raise FileNotFoundError(f"principals file {path} is missing: copy config/principals.json or set *_CONFIG_DIR")
+            raise FileNotFoundError(
+                f"principals file {path} is missing: copy config/principals.json or set *_CONFIG_DIR"
+            )
         raw = json.loads(path.read_text("utf-8"))
         return cls([PrincipalEntry.model_validate(e) for e in raw["principals"]])
 
@@ -72,20 +77,26 @@ async def current_principal(
     key = api_key or (bearer.credentials if bearer else None)
     principal = principals.resolve(key) if key else None
     if principal is None:
-        raise HTTPException(status_code=401, detail="missing or unknown API key: send X-API-Key or Authorization: Bearer")
+        raise HTTPException(
+            status_code=401,
+            detail="missing or unknown API key: send X-API-Key or Authorization: Bearer",
+        )
     return principal
 
 
 def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A FastAPI dependency that admits only these roles (403 otherwise)."""
 
-    async def dependency(request: Request, principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def dependency(
+        request: Request, principal: Annotated[Principal, Depends(current_principal)]
+    ) -> Principal:
         if principal.role not in roles:
             metrics = getattr(request.app.state, "kit_metrics", None)
             if metrics is not None:
                 metrics.authz_denied.labels(request.app.state.service, "http").inc()
             raise HTTPException(
-                status_code=403, detail=f"role {principal.role} may not do this; needs {', '.join(roles)}"
+                status_code=403,
+                detail=f"role {principal.role} may not do this; needs {', '.join(roles)}",
             )
         return principal
 

@@ -13,7 +13,15 @@ from typing import Any
 
 from opentelemetry import trace
 
-_CONTEXT_FIELDS = ("referral_id", "event_type", "event_id", "topic", "outcome", "reason", "provider")
+_CONTEXT_FIELDS = (
+    "referral_id",
+    "event_type",
+    "event_id",
+    "topic",
+    "outcome",
+    "reason",
+    "provider",
+)
 
 
 class JsonFormatter(logging.Formatter):

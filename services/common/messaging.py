@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,13 +32,13 @@ from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
-from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
-
 from pathway_schemas import topics
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import Envelope, InvalidEvent, KafkaRecord, from_record
 from pathway_schemas.events import DeadLetter
 from pathway_schemas.values import FieldError
+from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
+
 from services.common.errors import Denied, PathwayError
 from services.common.metrics import KitMetrics
 from services.common.settings import KafkaSettings, RetrySettings
@@ -106,7 +107,9 @@ class Publisher:
         # Publish under the trace of the work that caused the event, even from the relay.
         token = otel_context.attach(propagate.extract(headers))
         try:
-            await self.broker.publish(record.value, topic=record.topic, key=record.key, headers=headers)
+            await self.broker.publish(
+                record.value, topic=record.topic, key=record.key, headers=headers
+            )
         finally:
             otel_context.detach(token)
         self.metrics.published.labels(self.service, headers.get("ce_type", "unknown")).inc()
@@ -119,7 +122,9 @@ class Publisher:
 class Outbox:
     """Publishes what a unit of work committed, and relays what a crash left behind."""
 
-    def __init__(self, store: Store, publisher: Publisher, metrics: KitMetrics, service: str) -> None:
+    def __init__(
+        self, store: Store, publisher: Publisher, metrics: KitMetrics, service: str
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
@@ -147,7 +152,9 @@ class Outbox:
         if not backlog:
             return 0
         sent = 0
-        cursor = self.store.db[OUTBOX].find({"created_at": {"$lt": cutoff}}).sort("seq", 1).limit(limit)
+        cursor = (
+            self.store.db[OUTBOX].find({"created_at": {"$lt": cutoff}}).sort("seq", 1).limit(limit)
+        )
         async for document in cursor:
             await self.publisher.publish(record_from_outbox(document))
             await self.store.db[OUTBOX].delete_one({"_id": document["_id"]})
@@ -162,10 +169,8 @@ class Outbox:
                 self.metrics.publish_errors.labels(self.service).inc()
             except Exception:
                 log.exception("outbox relay failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ class Consumer:
         self.stopping = asyncio.Event()
         # Called with (topic, headers, error) before an undecodable record is dead-lettered,
         # for a service that also owes the sender an answer (the intake reply topic).
-        self.on_invalid: Callable[[str, Sequence[tuple[str, bytes]], InvalidEvent], Awaitable[None]] | None = None
+        self.on_invalid: (
+            Callable[[str, Sequence[tuple[str, bytes]], InvalidEvent], Awaitable[None]] | None
+        ) = None
 
     def on(self, *event_classes: type[E]) -> Callable[[Handler], Handler]:
         """Register a handler for one or more event classes."""
@@ -238,7 +245,9 @@ class Consumer:
             raw = message.raw_message
             if isinstance(raw, Sequence):  # pragma: no cover - batch mode is not used
                 raise TypeError("batch consumption is not supported")
-            await self.handle_record(raw.topic, raw.partition, raw.offset, raw.key, raw.value, raw.headers)
+            await self.handle_record(
+                raw.topic, raw.partition, raw.offset, raw.key, raw.value, raw.headers
+            )
 
         self.broker.subscriber(
             *topic_names,
@@ -266,7 +275,9 @@ class Consumer:
         except InvalidEvent as invalid:
             if self.on_invalid is not None:
                 await self.on_invalid(topic, headers, invalid)
-            await self.dead_letter(topic, partition, offset, key, value, headers, None, invalid, "invalid", 1)
+            await self.dead_letter(
+                topic, partition, offset, key, value, headers, None, invalid, "invalid", 1
+            )
             return
         event_type = received.envelope.type
         handler = self.handlers.get(event_type)
@@ -274,8 +285,14 @@ class Consumer:
             # Another service's event on a shared topic: not ours to act on.
             self.metrics.events_handled.labels(self.service, event_type, "ignored").inc()
             return
-        delivery = Delivery(envelope=received.envelope, topic=topic, partition=partition, offset=offset)
-        extra = {"referral_id": received.envelope.subject, "event_type": event_type, "event_id": delivery.event_id}
+        delivery = Delivery(
+            envelope=received.envelope, topic=topic, partition=partition, offset=offset
+        )
+        extra = {
+            "referral_id": received.envelope.subject,
+            "event_type": event_type,
+            "event_id": delivery.event_id,
+        }
         attempts = 0
         outage_started: float | None = None
         while True:
@@ -286,14 +303,28 @@ class Consumer:
                 if isinstance(refused, Denied):
                     self.metrics.authz_denied.labels(self.service, "kafka").inc()
                 await self.dead_letter(
-                    topic, partition, offset, key, value, headers, received.envelope, refused, refused.reason, attempts
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    value,
+                    headers,
+                    received.envelope,
+                    refused,
+                    refused.reason,
+                    attempts,
                 )
-                log.warning("event refused: %s", refused.message, extra={**extra, "reason": refused.reason})
+                log.warning(
+                    "event refused: %s", refused.message, extra={**extra, "reason": refused.reason}
+                )
                 return
             except OUTAGE_ERRORS:
                 outage_started = outage_started or time.monotonic()
                 self.metrics.retries.labels(self.service, "outage").inc()
-                if self.stopping.is_set() or time.monotonic() - outage_started > self.retry.outage_budget_s:
+                if (
+                    self.stopping.is_set()
+                    or time.monotonic() - outage_started > self.retry.outage_budget_s
+                ):
                     raise  # uncommitted: redelivered once the outage is over
                 await asyncio.sleep(self._backoff(attempts))
                 continue
@@ -301,7 +332,16 @@ class Consumer:
                 if attempts >= self.retry.attempts:
                     log.exception("handler failed; dead-lettering", extra=extra)
                     await self.dead_letter(
-                        topic, partition, offset, key, value, headers, received.envelope, error, "failed", attempts
+                        topic,
+                        partition,
+                        offset,
+                        key,
+                        value,
+                        headers,
+                        received.envelope,
+                        error,
+                        "failed",
+                        attempts,
                     )
                     return
                 self.metrics.retries.labels(self.service, "error").inc()
@@ -309,7 +349,9 @@ class Consumer:
                 continue
             outcome = "duplicate" if isinstance(result, Outcome) and result.duplicate else "applied"
             self.metrics.events_handled.labels(self.service, event_type, outcome).inc()
-            self.metrics.handler_seconds.labels(self.service, event_type).observe(time.perf_counter() - started)
+            self.metrics.handler_seconds.labels(self.service, event_type).observe(
+                time.perf_counter() - started
+            )
             return
 
     def _backoff(self, attempt: int) -> float:
@@ -330,8 +372,10 @@ class Consumer:
     ) -> None:
         errors: tuple[FieldError, ...] = getattr(error, "errors", ())
         # The reason text is ours (invalid, denied...) plus a message we wrote; never the input.
-        message = error.reason if isinstance(error, InvalidEvent) else (
-            error.message if isinstance(error, PathwayError) else type(error).__name__
+        message = (
+            error.reason
+            if isinstance(error, InvalidEvent)
+            else (error.message if isinstance(error, PathwayError) else type(error).__name__)
         )
         letter = DeadLetter(
             service=self.service,

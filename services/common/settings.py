@@ -53,6 +53,13 @@ class RetrySettings(BaseModel):
     outage_budget_s: float = Field(default=20.0, ge=0)
 
 
+class ClockSettings(BaseModel):
+    """`system` in production; `file` for simulated time shared by a whole run."""
+
+    mode: Literal["system", "file"] = "system"
+    file: Path | None = None
+
+
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set `env_prefix`."""
 
@@ -63,6 +70,7 @@ class ServiceSettings(BaseSettings):
     http: HttpSettings = HttpSettings()
     otel: OtelSettings = OtelSettings()
     retry: RetrySettings = RetrySettings()
+    clock: ClockSettings = ClockSettings()
     config_dir: Path = Path("config")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     outbox_relay_interval_s: float = Field(default=1.0, gt=0)

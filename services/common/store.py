@@ -15,13 +15,13 @@ from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 from opentelemetry import propagate
+from pathway_schemas.base import PathwayEvent
+from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from pathway_schemas.base import PathwayEvent
-from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
 from services.common.settings import MongoSettings
 
 T = TypeVar("T")
@@ -51,7 +51,9 @@ class Tx:
     now: datetime
     records: list[KafkaRecord] = field(default_factory=list)
 
-    def emit(self, event: PathwayEvent, *, topic: str | None = None, event_id: str | None = None) -> str:
+    def emit(
+        self, event: PathwayEvent, *, topic: str | None = None, event_id: str | None = None
+    ) -> str:
         """Queue an event for publication once this unit of work commits; returns its id.
 
         Events caused by another get ids derived from the cause, so that a replayed cause
@@ -59,7 +61,9 @@ class Tx:
         """
         if event_id is None:
             event_id = (
-                derived_event_id(self.cause_id, self.service, event.event_type, str(len(self.records)))
+                derived_event_id(
+                    self.cause_id, self.service, event.event_type, str(len(self.records))
+                )
                 if self.cause_id
                 else new_event_id()
             )
@@ -109,10 +113,14 @@ class Store:
         moment = now or datetime.now(UTC)
 
         async def callback(session: AsyncClientSession) -> tuple[T, list[KafkaRecord]]:
-            tx = Tx(session=session, db=self.db, service=self.service, cause_id=cause_id, now=moment)
+            tx = Tx(
+                session=session, db=self.db, service=self.service, cause_id=cause_id, now=moment
+            )
             if cause_id is not None:
                 try:
-                    await self.db[PROCESSED].insert_one({"_id": cause_id, "at": moment}, session=session)
+                    await self.db[PROCESSED].insert_one(
+                        {"_id": cause_id, "at": moment}, session=session
+                    )
                 except DuplicateKeyError:
                     raise _AlreadyProcessed from None
             value = await work(tx)

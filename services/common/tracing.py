@@ -24,7 +24,9 @@ def tracer_provider(
             raise RuntimeError(
                 "OTEL exporter 'otlp' needs opentelemetry-exporter-otlp-proto-http installed"
             ) from error
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint))
+        )
     for processor in extra_processors or []:
         provider.add_span_processor(processor)
     return provider
