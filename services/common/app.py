@@ -19,10 +19,12 @@ from typing import Any, TypeVar, Union
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
+from opentelemetry import propagate
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from pathway_schemas.base import PathwayEvent
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pathway_schemas.base import PathwayEvent
 from services.common.auth import Principals
 from services.common.clock import Clock, clock_from_settings
 from services.common.errors import PathwayError
@@ -173,6 +175,25 @@ def http_app(
     app.state.service = runtime.service
     app.state.kit_metrics = runtime.metrics
     app.state.principals = principals or Principals([])
+
+    tracer = runtime.tracer_provider.get_tracer("pathway.http")
+
+    @app.middleware("http")
+    async def trace_request(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # A server span per call, continuing the caller's trace (W3C headers), so the events
+        # an API call causes carry its trace onwards through Kafka.
+        if request.url.path in {"/healthz", "/readyz", "/metrics"}:
+            return await call_next(request)
+        parent = propagate.extract(dict(request.headers))
+        with tracer.start_as_current_span(f"HTTP {request.method}", context=parent, kind=SpanKind.SERVER) as span:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            # The route template only: paths and queries are never put in spans.
+            span.set_attribute("http.route", getattr(route, "path", "unmatched"))
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("http.response.status_code", response.status_code)
+            span.set_attribute("service.component", runtime.service)
+            return response
 
     @app.exception_handler(PathwayError)
     async def pathway_error(_: Request, error: PathwayError) -> JSONResponse:

@@ -32,13 +32,13 @@ from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
+from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
+
 from pathway_schemas import topics
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import Envelope, InvalidEvent, KafkaRecord, from_record
 from pathway_schemas.events import DeadLetter
 from pathway_schemas.values import FieldError
-from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
-
 from services.common.errors import Denied, PathwayError
 from services.common.metrics import KitMetrics
 from services.common.settings import KafkaSettings, RetrySettings

@@ -15,13 +15,13 @@ from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 from opentelemetry import propagate
-from pathway_schemas.base import PathwayEvent
-from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from pathway_schemas.base import PathwayEvent
+from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
 from services.common.settings import MongoSettings
 
 T = TypeVar("T")
