@@ -22,10 +22,11 @@ def submitted() -> ReferralSubmitted:
         nhs_number=SYNTHETIC_NHS,
         practice_ods="A81001",
         referrer_id="G1234567",
-        examination_code="XCHES",
+        # Not open access, so the vetting service queues it for a person (what this test reads).
+        examination_code="CCHES",
         clinical_question="Cough for six weeks in a smoker",
         priority="routine",
-        modality="XR",
+        modality="CT",
         ionising=True,
         guidance={"outcome": "indicated"},
     )
