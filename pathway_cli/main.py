@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pathway_cli import stack as st
+from pathway_cli.audit import commands as audit_commands
 
 app = typer.Typer(
     name="pathway",
@@ -231,6 +232,10 @@ def status(
         raise _fail("nothing is running (stale state file): start it with `pathway up`")
     if not all(ready):
         raise typer.Exit(2)
+
+
+app.command(name="audit")(audit_commands.audit)
+app.command(name="export-events")(audit_commands.export_events)
 
 
 def main() -> None:  # pragma: no cover - console script entry for `python -m pathway_cli`
