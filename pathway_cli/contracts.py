@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from faststream.specification import AsyncAPI
-from pathway_schemas import jsonschema
-from pathway_schemas.base import EVENT_TYPES
 
 from pathway_cli.guide import provider_guide
+from pathway_schemas import jsonschema
+from pathway_schemas.base import EVENT_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = REPO / "schemas" / "jsonschema"

@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import Received, from_record, to_record
 

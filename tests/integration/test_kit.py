@@ -60,7 +60,8 @@ async def test_event_is_consumed_applied_once_and_poison_is_dead_lettered(
             assert b"9434765919" not in (letters[0].key or b"")
 
         stored = await svc.runtime.store.db["worklist"].find_one({"_id": event.referral_id})
-        assert stored is not None and stored["state"] == "waiting"
+        assert stored is not None
+        assert stored["state"] == "waiting"
         assert await svc.runtime.store.db["processed"].count_documents({}) == 1
         queued = [e for e in reader.events() if isinstance(e.event, VettingQueued)]
         assert [e.envelope.subject for e in queued] == [event.referral_id]

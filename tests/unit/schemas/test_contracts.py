@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pathway_schemas.events import ReportIssued
-from pathway_schemas.jsonschema import breaking_changes, event_schema
 
 from pathway_cli import contracts
+from pathway_schemas.events import ReportIssued
+from pathway_schemas.jsonschema import breaking_changes, event_schema
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pathway_schemas import topics
 from pathway_schemas.base import EVENT_TYPES, PathwayEvent
 from pathway_schemas.envelope import InvalidEvent, from_record, to_record

@@ -6,9 +6,10 @@ import nhs_number
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+
 from pathway_schemas.catalogue import CATALOGUE, examination
 from pathway_schemas.values import ExaminationCode, NhsNumber, OdsCode, ReferralId, new_referral_id
-from pydantic import BaseModel, ValidationError
 
 
 class Holder(BaseModel):
