@@ -16,12 +16,12 @@ from pathway_schemas.catalogue import CATALOGUE
 def _normalise_nhs_number(value: object) -> object:
     # People write NHS numbers as "943 476 5919" or "943-476-5919"; store the ten digits.
     if isinstance(value, str):
-        return re.sub(r"[\s-]", "", value)
+        return re.sub(r"[ \t-]", "", value)
     return value
 
 
 def _check_nhs_number(value: str) -> str:
-    if not re.fullmatch(r"\d{10}", value):
+    if not re.fullmatch(r"[0-9]{10}", value):
         raise ValueError("an NHS number is 10 digits (spaces allowed between groups)")
     if str(nhs_number.calculate_checksum(value[:9])) != value[9]:
         raise ValueError(
@@ -128,9 +128,8 @@ class GuidanceOutcome(StrEnum):
 def _check_exam_code(value: str) -> str:
     code = value.strip().upper()
     if code not in CATALOGUE:
-        raise ValueError(
-            f"{value!r} is not in the examination catalogue; see pathway_schemas.catalogue for the codes"
-        )
+        # The message names no value: it may travel to dead letters and intake replies.
+        raise ValueError("not in the examination catalogue; see pathway_schemas.catalogue for the codes")
     return code
 
 

@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pathway_schemas.base import PathwayEvent
 from services.common.auth import Principals
@@ -53,7 +57,9 @@ class Runtime:
     outbox: Outbox
     consumer: Consumer
     startup: list[Hook] = field(default_factory=list)
-    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(
+        default_factory=list
+    )
     draining: bool = False
     emitted: dict[str, list[type[PathwayEvent]]] = field(default_factory=dict)
 
@@ -139,6 +145,7 @@ def http_app(
     description: str,
     routers: Sequence[APIRouter] = (),
     principals: Principals | None = None,
+    on_invalid_request: Callable[[Request], None] | None = None,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -179,13 +186,17 @@ def http_app(
     tracer = runtime.tracer_provider.get_tracer("pathway.http")
 
     @app.middleware("http")
-    async def trace_request(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def trace_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         # A server span per call, continuing the caller's trace (W3C headers), so the events
         # an API call causes carry its trace onwards through Kafka.
         if request.url.path in {"/healthz", "/readyz", "/metrics"}:
             return await call_next(request)
         parent = propagate.extract(dict(request.headers))
-        with tracer.start_as_current_span(f"HTTP {request.method}", context=parent, kind=SpanKind.SERVER) as span:
+        with tracer.start_as_current_span(
+            f"HTTP {request.method}", context=parent, kind=SpanKind.SERVER
+        ) as span:
             response = await call_next(request)
             route = request.scope.get("route")
             # The route template only: paths and queries are never put in spans.
@@ -201,6 +212,49 @@ def http_app(
             status_code=error.http_status,
             content={"detail": error.message, "errors": [e.model_dump() for e in error.errors]},
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        if on_invalid_request is not None:
+            on_invalid_request(request)
+        errors = [
+            {
+                "field": _field(e.get("loc", ())),
+                "message": str(e.get("msg", "")).removeprefix("Value error, "),
+            }
+            for e in error.errors()
+        ]
+        # The input is not echoed: it may hold an NHS number, and the caller has it already.
+        return JSONResponse(
+            status_code=422, content={"detail": "the request has invalid fields", "errors": errors}
+        )
+
+    async def dependency_down(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "5"},
+            content={
+                "detail": f"a dependency is unavailable ({type(error).__name__}); retry shortly",
+                "errors": [],
+            },
+        )
+
+    for outage in OUTAGE_ERRORS:
+        if issubclass(outage, Exception):
+            app.add_exception_handler(outage, dependency_down)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 405:
+            # Starlette names only the first route on a path; list every method it serves.
+            allowed = {
+                method
+                for route in app.router.routes
+                if route.matches(request.scope)[0] is not Match.NONE
+                for method in getattr(route, "methods", None) or ()
+            }
+            error.headers = {**(error.headers or {}), "Allow": ", ".join(sorted(allowed))}
+        return await http_exception_handler(request, error)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -225,7 +279,12 @@ def http_app(
         ready = checks["store"] == "ok" and checks["broker"] == "ok" and not runtime.draining
         return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         return PlainTextResponse(
             generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
@@ -234,3 +293,13 @@ def http_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def _field(location: object) -> str:
+    """`body.nhs_number` → `nhs_number`; header, query and path fields keep their place."""
+    parts = [str(p) for p in location] if isinstance(location, (list, tuple)) else [str(location)]
+    if not parts:
+        return "(request)"
+    if parts[0] == "body":
+        return ".".join(parts[1:]) or "(body)"
+    return f"{parts[0]}:{'.'.join(parts[1:])}" if len(parts) > 1 else parts[0]

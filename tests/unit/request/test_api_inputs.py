@@ -18,7 +18,7 @@ from services.request.api import (
     decode_cursor,
     encode_cursor,
 )
-from services.request.main import _field
+from services.common.app import _field
 
 GOOD: dict[str, Any] = {
     "nhs_number": "9434765919",
