@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 from pathway_schemas import topics
+from pathway_schemas.events import FAMILIES
 from pathway_schemas.values import OdsCode
 from services.common.app import Runtime, build_runtime, http_app
 from services.common.auth import Principals
@@ -103,6 +104,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         topics.BOOKING,
         *(topics.provider_inbound(code) for code in providers),
     )
+    runtime.emits(topics.EXAMINATION, *FAMILIES[topics.EXAMINATION])
+    runtime.emits(topics.REPORT, *FAMILIES[topics.REPORT])
     runtime.background.append(
         every(settings.park_sweep_interval_s, intake.sweep, "parked-event sweep")
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
+from pathway_schemas import topics
+from pathway_schemas.events import FAMILIES
 from services.common.app import build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock
@@ -43,6 +45,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     )
     handlers.register(runtime, referrals, metrics)
     runtime.consumer.subscribe(*handlers.TOPICS)
+    runtime.emits(topics.REFERRAL, *FAMILIES[topics.REFERRAL])
+    runtime.emits(topics.REFERRAL_INTAKE_REPLIES, *FAMILIES[topics.REFERRAL_INTAKE_REPLIES])
 
     def count_schema_rejection(request: Request) -> None:
         if request.method == "POST" and request.url.path == "/referrals":

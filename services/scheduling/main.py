@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pathway_schemas import topics
+from pathway_schemas.events import FAMILIES
 from services.common.app import build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock
@@ -45,6 +46,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     runtime.consumer.subscribe(
         topics.VETTING, topics.REFERRAL, *(topics.provider_inbound(c) for c in sorted(file_codes))
     )
+    runtime.emits(topics.BOOKING, *FAMILIES[topics.BOOKING])
+    for code in sorted(file_codes):
+        runtime.emits(topics.provider_outbound(code), *FAMILIES["provider.outbound"])
 
     async def start() -> None:
         await repository.ensure_indexes()

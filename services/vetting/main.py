@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from pathway_schemas import topics
+from pathway_schemas.events import FAMILIES
 from services.common.app import build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock
@@ -25,6 +26,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     runtime.startup.append(repository.ensure_indexes)
     handlers.register(runtime, repository, policy, metrics)
     runtime.consumer.subscribe(topics.REFERRAL)
+    runtime.emits(topics.VETTING, *FAMILIES[topics.VETTING])
     runtime.background.append(
         worklist_gauges_job(metrics, repository, runtime.clock, settings.worklist_gauges_interval_s)
     )
