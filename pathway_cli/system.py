@@ -8,6 +8,8 @@ optionally on a shared simulated clock (a file every service reads), and yields 
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from pathway_cli.stack import SERVICE_NAMES, LineSink, Stack, StackConfig, service_spec
 from services.common.clock import FileClock
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port_range(count: int, start: int = 20000, end: int = 60000) -> int:
@@ -66,15 +70,35 @@ class System:
         return moment
 
 
-def system_env(clock_file: Path | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Settings for every service: the shared clock, and fast timers for a test run."""
+def system_config(source: Path, target: Path, notify_url: str) -> Path:
+    """A copy of the operator's config for this run, practice endpoints on this run's notify."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    notify_file = target / "notify.json"
+    if notify_file.exists():
+        policy = json.loads(notify_file.read_text("utf-8"))
+        for practice in policy.get("practices", []):
+            endpoint = str(practice.get("endpoint", ""))
+            if "/inbox/" in endpoint:
+                practice["endpoint"] = f"{notify_url}/inbox/{endpoint.split('/inbox/', 1)[1]}"
+        notify_file.write_text(json.dumps(policy, indent=2), "utf-8")
+    return target
+
+
+def system_env(
+    clock_file: Path | None, config_dir: Path | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Settings for every service: the shared clock, the run's config, fast timers."""
     env: dict[str, str] = {}
     for name in SERVICE_NAMES:
         prefix = service_spec(name).env_prefix
+        if config_dir is not None:
+            env[f"{prefix}CONFIG_DIR"] = str(config_dir)
         if clock_file is not None:
             env[f"{prefix}CLOCK__MODE"] = "file"
             env[f"{prefix}CLOCK__FILE"] = str(clock_file)
         env[f"{prefix}OUTBOX_RELAY_INTERVAL_S"] = "0.5"
+        if name == "notify" and config_dir is not None:
+            env[f"{prefix}CHANNEL_DIR"] = str(config_dir.parent / "notify-channels")
         env[f"{prefix}KAFKA__SESSION_TIMEOUT_MS"] = "6000"
     env.update(extra or {})
     return env
@@ -96,6 +120,10 @@ async def running_system(
         clock_file = work_dir / "clock"
         FileClock.write(clock_file, start_time)
     base = free_port_range(len(SERVICE_NAMES) + 2)
+    notify_port = base + 2 + SERVICE_NAMES.index("notify")
+    config_dir = system_config(
+        REPO / "config", work_dir / "config", f"http://127.0.0.1:{notify_port}"
+    )
     config = StackConfig(
         broker_port=base,
         store_port=base + 1,
@@ -103,7 +131,8 @@ async def running_system(
         data_dir=None,
         log_dir=work_dir / "log",
         ready_timeout=ready_timeout,
-        service_env=system_env(clock_file, env),
+        service_env=system_env(clock_file, config_dir, env),
+        providers_file=config_dir / "providers.json",
         grace=15,
     )
     stack = Stack(config, on_line=on_line)
