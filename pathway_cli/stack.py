@@ -306,7 +306,7 @@ class ManagedProcess:
         except Exception:
             return False
 
-    async def wait_ready(self, timeout: float = 60.0, interval: float = 0.2) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 60.0, interval: float = 0.2) -> None:
         """Poll until ready; StartFailedError if it exits or `timeout` passes first."""
         deadline = time.monotonic() + timeout
         while True:

@@ -11,6 +11,7 @@ from pathway_schemas.events import (
     ProviderExaminationCompleted,
     ProviderPatientArrived,
     ProviderReportIssued,
+    ProviderWalkInAuthorised,
 )
 from pathway_schemas.values import StudyReference
 
@@ -34,12 +35,12 @@ async def test_open_access_chest_xray_walks_in_and_its_report_is_acknowledged(
         order = await provider.wait_for_order(
             referral_id, "uk.nhs.imaging.provider.walk_in_authorised.v1"
         )
+        assert isinstance(order.event, ProviderWalkInAuthorised)
+        site = order.event.site_id
         now = system.advance(timedelta(hours=2))
         await provider.send(
-            ProviderPatientArrived(
-                referral_id=referral_id, occurred_at=now, site_id=order.event.site_id
-            )
-        )  # type: ignore[attr-defined]
+            ProviderPatientArrived(referral_id=referral_id, occurred_at=now, site_id=site)
+        )
         now = system.advance(timedelta(minutes=15))
         study = StudyReference(
             study_instance_uid=f"1.2.826.0.1.{uuid.uuid4().int % 10**12}",
@@ -47,8 +48,8 @@ async def test_open_access_chest_xray_walks_in_and_its_report_is_acknowledged(
         )
         await provider.send(
             ProviderExaminationCompleted(
-                referral_id=referral_id, occurred_at=now, site_id=order.event.site_id, study=study
-            )  # type: ignore[attr-defined]
+                referral_id=referral_id, occurred_at=now, site_id=site, study=study
+            )
         )
         now = system.advance(timedelta(hours=3))
         await provider.send(

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.common.app import _field
 from services.common.errors import Invalid
 from services.request.api import (
     AmendReferral,
@@ -18,7 +19,6 @@ from services.request.api import (
     decode_cursor,
     encode_cursor,
 )
-from services.common.app import _field
 
 GOOD: dict[str, Any] = {
     "nhs_number": "9434765919",
