@@ -240,6 +240,7 @@ class ProviderIntake:
                 Denied.reason,
             )
             await self.repository.clear_parked_flag(parked["referral_id"])
+        self.metrics.parked.set(await self.repository.parked.estimated_document_count())
 
     async def refuse(
         self,

@@ -21,6 +21,7 @@ class ReportingMetrics:
     turnaround: Histogram
     reports: Counter
     overdue: Gauge
+    parked: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ReportingMetrics:
@@ -42,6 +43,11 @@ class ReportingMetrics:
                 "pathway_examinations_overdue",
                 "Completed examinations without a final report, already past their deadline",
                 ["provider"],
+                registry=registry,
+            ),
+            parked=Gauge(
+                "pathway_provider_events_parked",
+                "Provider events waiting for the booking they refer to (a lasting rise is a stall)",
                 registry=registry,
             ),
         )
