@@ -14,12 +14,13 @@ PYTHON ?= $(shell \
 TYPED_DIRS := $(shell for d in schemas services pathway_cli tests benchmarks; do \
 	[ -n "$$(find $$d -name '*.py' 2>/dev/null | head -1)" ] && echo $$d; done)
 
-.PHONY: help install run test lint typecheck pytest format format-check contracts clean
+.PHONY: help install run test lint typecheck pytest format format-check contracts benchmark clean
 
 help:
 	@echo "make run      start broker, store and the five services (pathway up)"
 	@echo "make test     lint, typecheck and the whole test suite"
 	@echo "make contracts  regenerate schemas/jsonschema, schemas/README.md and docs/asyncapi"
+	@echo "make benchmark  end-to-end throughput and latency against raw broker and store baselines"
 	@echo "make install  create .venv and install everything (done by run and test as needed)"
 	@echo "make clean    remove var/ and caches"
 
@@ -55,6 +56,10 @@ typecheck: $(STAMP)
 # Regenerate the JSON Schemas, the provider guide and the AsyncAPI documents (commit them).
 contracts: $(STAMP)
 	$(BIN)/python -c 'from pathway_cli import contracts; [print(p) for p in contracts.write()]'
+
+# Not a test: prints throughput, latency per hop and baselines; never gates CI.
+benchmark: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
