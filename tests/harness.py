@@ -117,10 +117,15 @@ class TopicReader:
             self.records.extend(records)
 
     def events(self) -> list[Received]:
+        """Decoded events, each once: publication is at-least-once, so drop repeats by id."""
         decoded = []
+        seen: set[str] = set()
         for record in self.records:
             with contextlib.suppress(Exception):
-                decoded.append(from_record(record.headers, record.value, topic=record.topic))
+                received = from_record(record.headers, record.value, topic=record.topic)
+                if received.envelope.id not in seen:
+                    seen.add(received.envelope.id)
+                    decoded.append(received)
         return decoded
 
     async def wait_for(

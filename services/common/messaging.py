@@ -144,7 +144,7 @@ class Outbox:
         ids = [dict(r.headers)["ce_id"].decode() for r in outcome.records]
         await self.store.db[OUTBOX].delete_many({"_id": {"$in": ids}})
 
-    async def relay_once(self, older_than_s: float = 2.0, limit: int = 200) -> int:
+    async def relay_once(self, older_than_s: float = 10.0, limit: int = 200) -> int:
         """Publish outbox entries older than a moment (so in-line flushes go first); oldest first."""
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
         backlog = await self.store.db[OUTBOX].count_documents({})

@@ -55,12 +55,18 @@ class Timeline:
 
     def all(self) -> list[tuple[str, ReferralEvent]]:
         decoded = []
+        seen: set[str] = set()
         for record in self.reader.records:
             if record.topic == topics.dead_letter("scheduling"):
                 continue
-            event = from_record(record.headers, record.value, topic=record.topic).event
-            assert isinstance(event, ReferralEvent)
-            decoded.append((record.topic, event))
+            received = from_record(record.headers, record.value, topic=record.topic)
+            # Publication is at-least-once (the outbox relay may repeat an event under load);
+            # consumers drop repeats by event id, and so does this reader.
+            if received.envelope.id in seen:
+                continue
+            seen.add(received.envelope.id)
+            assert isinstance(received.event, ReferralEvent)
+            decoded.append((record.topic, received.event))
         return decoded
 
     def of(self, kind: type[Any], referral_id: str) -> list[Any]:
