@@ -23,8 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pathway_cli import simulate as simulate_command
 from pathway_cli import stack as st
 from pathway_cli.audit import commands as audit_commands
+from pathway_cli.hl7 import command as hl7_command
 
 app = typer.Typer(
     name="pathway",
@@ -236,6 +238,8 @@ def status(
 
 app.command(name="audit")(audit_commands.audit)
 app.command(name="export-events")(audit_commands.export_events)
+app.command(name="simulate")(simulate_command.simulate)
+app.command(name="hl7-gateway")(hl7_command.hl7_gateway)
 
 
 def main() -> None:  # pragma: no cover - console script entry for `python -m pathway_cli`

@@ -1,4 +1,10 @@
-"""The report as a GP system receives it: a FHIR R4 DiagnosticReport-shaped JSON resource.
+"""The report as a GP system receives it: a FHIR R4 DiagnosticReport, validated before it goes.
+
+Every resource is checked against the `fhir.resources` model (R4B, whose DiagnosticReport
+has the same elements as R4's) before it is sent: a report that would not be valid FHIR
+fails its delivery attempt instead of reaching a practice. Its id is the version id in FHIR
+form (`ver-…`: a FHIR id has no underscore); the practice acknowledges by naming it in a
+Task's `focus` (see `fhir_api`).
 
 An addendum travels as its own DiagnosticReport with status `appended`, tagged as a change
 to a report already sent, carrying the addendum first and the original report after it, so
@@ -14,6 +20,9 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+from pathway_schemas.events import ReportStatus
 from pathway_schemas.values import FindingFlag
 from services.notify.records import ReferralRecord, ReportRecord
 
@@ -21,6 +30,7 @@ _BASE = "https://imaging-pathway.example.nhs.uk/fhir"
 REPORT_ID_SYSTEM = f"{_BASE}/Id/report-id"
 ADDENDUM_ID_SYSTEM = f"{_BASE}/Id/addendum-id"
 REFERRAL_ID_SYSTEM = f"{_BASE}/Id/referral-id"
+PERSON_ID_SYSTEM = f"{_BASE}/Id/person-id"
 EXAMINATION_SYSTEM = f"{_BASE}/CodeSystem/examination-code"
 FINDING_FLAG_SYSTEM = f"{_BASE}/CodeSystem/finding-flag"
 FINDING_FLAG_EXTENSION = f"{_BASE}/StructureDefinition/finding-flag"
@@ -36,6 +46,19 @@ _FLAG_DISPLAY = {
     FindingFlag.URGENT: "Urgent finding",
     FindingFlag.UNEXPECTED_SIGNIFICANT: "Unexpected significant finding",
 }
+
+
+def fhir_id(version_id: str) -> str:
+    """The resource id of a report version (`ver_…` → `ver-…`)."""
+    return version_id.replace("_", "-")
+
+
+def version_id_of(resource_id: str) -> str | None:
+    """The version id a DiagnosticReport id stands for; None for an id we never gave out."""
+    prefix, sep, rest = resource_id.partition("-")
+    if prefix != "ver" or not sep or not rest or "-" in rest:
+        return None
+    return f"ver_{rest}"
 
 
 def _instant(moment: datetime) -> str:
@@ -67,7 +90,7 @@ def diagnostic_report(
         raise ValueError(f"report {report.report_id} has no addendum {addendum_id}")
     flag = addendum.finding_flag if addendum else report.finding_flag
     identifiers = [{"system": REPORT_ID_SYSTEM, "value": report.report_id}]
-    resource: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": resource_id}
+    resource: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": fhir_id(resource_id)}
     if addendum is not None:
         identifiers.append({"system": ADDENDUM_ID_SYSTEM, "value": addendum.addendum_id})
         resource["meta"] = {
@@ -85,7 +108,12 @@ def diagnostic_report(
     resource["basedOn"] = [
         {"identifier": {"system": REFERRAL_ID_SYSTEM, "value": report.referral_id}}
     ]
-    resource["status"] = "appended" if addendum is not None else "final"
+    if addendum is not None:
+        resource["status"] = "appended"
+    elif report.status is ReportStatus.PRELIMINARY:
+        resource["status"] = "preliminary"
+    else:
+        resource["status"] = "final"
     resource["category"] = [
         {"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}
     ]
@@ -128,7 +156,10 @@ def diagnostic_report(
     if report.text:
         forms.append(_text("Original report" if addendum else "Report", report.text))
     resource["presentedForm"] = forms
-    return resource
+    # The model is the check; what is sent is exactly what it accepted.
+    return DiagnosticReport.model_validate(resource).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
 
 
 def _list(value: object) -> list[Any]:

@@ -25,6 +25,7 @@ from services.common.clock import Clock
 from services.notify import api, handlers
 from services.notify.channels import Channel, FileChannel, LogChannel
 from services.notify.config import ChannelKind, NotifyConfig, load_config, practice_directory
+from services.notify.fhir_api import fhir_router, inbox_fhir_router
 from services.notify.inbox import inbox_router
 from services.notify.metrics import NotifyMetrics
 from services.notify.policy import Escalation
@@ -133,8 +134,9 @@ def create_app(
     )
 
     desk = api.AcknowledgementDesk(runtime, service, metrics)
-    routers = [api.router(desk, repository, service, wake)]
+    routers = [api.router(desk, repository, service, wake), fhir_router(desk, repository)]
     if settings.inbox_enabled:
+        routers.append(inbox_fhir_router(repository))
         routers.append(
             inbox_router(
                 repository,

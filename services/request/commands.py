@@ -40,7 +40,7 @@ from services.request.registry import PracticeRegistry
 from services.request.repository import Document, ReferralRepository, projection_fields
 from services.request.timeline import ReferralState, TimelineEntry, append, project, to_millis
 
-Channel = Literal["api", "kafka"]
+Channel = Literal["api", "kafka", "fhir"]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathway_schemas.events import FAMILIES
 from services.common.app import build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock
-from services.request import handlers
+from services.request import fhir, handlers
 from services.request.api import build_router
 from services.request.commands import Referrals
 from services.request.guidance import GuidanceRules
@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         runtime,
         title="Request service (Ordercomms)",
         description=DESCRIPTION,
-        routers=[build_router(referrals)],
+        routers=[build_router(referrals), fhir.build_router(referrals)],
         principals=principals,
         on_invalid_request=count_schema_rejection,
     )
