@@ -256,6 +256,32 @@ class Reporter:
         return result
 
 
+class Operator:
+    """The operations team: alerts, deliveries and their redelivery (notify), providers (scheduling)."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, urls: Mapping[str, str], key: str = DEV_KEYS["operator"]
+    ) -> None:
+        self.notify = Api(client, urls["notify"], key)
+        self.scheduling = Api(client, urls["scheduling"], key)
+
+    async def alerts(self, state: str = "open") -> list[Json]:
+        result: list[Json] = await self.notify.call("GET", "/alerts", params={"state": state})
+        return result
+
+    async def deliveries(self, state: str = "failed") -> list[Json]:
+        result: list[Json] = await self.notify.call("GET", "/deliveries", params={"state": state})
+        return result
+
+    async def redeliver(self, delivery_id: str) -> Json:
+        result: Json = await self.notify.call("POST", f"/deliveries/{delivery_id}/redeliver")
+        return result
+
+    async def provider(self, ods: str) -> Json:
+        result: Json = await self.scheduling.call("GET", f"/providers/{ods}")
+        return result
+
+
 @dataclass
 class ProviderSystem:
     """An imaging provider's RIS on its own topics: reads its orders, sends its events.
@@ -318,6 +344,26 @@ class ProviderSystem:
                 )
             await self.poll()
 
+    def order_types(self, referral_id: str) -> list[str]:
+        """The types of the orders read so far for a referral, in the order they came."""
+        return [r.envelope.type for r in self.orders.get(referral_id, [])]
+
+    async def wait_for_orders(
+        self, referral_id: str, event_type: str, count: int, timeout: float = 60.0
+    ) -> list[Received]:
+        """Wait until `count` orders of this type have come for the referral."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.orders.get(referral_id, []) if r.envelope.type == event_type]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.ods}: {len(found)} of {count} {event_type} for {referral_id} "
+                    f"within {timeout}s; saw {self.order_types(referral_id)}"
+                )
+            await self.poll()
+
     async def send(self, event: ReferralEvent, *, event_id: str | None = None) -> str:
         record = to_record(
             event,
@@ -330,6 +376,49 @@ class ProviderSystem:
             record.topic, record.value, key=record.key, headers=list(record.headers)
         )
         return dict(record.headers)["ce_id"].decode()
+
+
+@dataclass
+class ProviderNetwork:
+    """Every provider's systems at once: scheduling spreads orders and walk-ins across them."""
+
+    systems: dict[str, ProviderSystem]
+
+    @classmethod
+    def of(cls, bootstrap: str, codes: tuple[str, ...] = ("RXA01", "NWX02")) -> ProviderNetwork:
+        return cls({code: ProviderSystem(code, bootstrap) for code in codes})
+
+    async def start(self) -> None:
+        for system in self.systems.values():
+            await system.start()
+
+    async def stop(self) -> None:
+        for system in self.systems.values():
+            await system.stop()
+
+    def __getitem__(self, ods: str) -> ProviderSystem:
+        return self.systems[ods]
+
+    def other_than(self, ods: str) -> ProviderSystem:
+        return next(s for code, s in self.systems.items() if code != ods)
+
+    async def wait_for_order(
+        self, referral_id: str, event_type: str, timeout: float = 60.0
+    ) -> tuple[ProviderSystem, Received]:
+        """The first order of this type for the referral at any provider, and who got it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for system in self.systems.values():
+                for received in system.orders.get(referral_id, []):
+                    if received.envelope.type == event_type:
+                        return system, received
+            if time.monotonic() > deadline:
+                seen = {code: s.order_types(referral_id) for code, s in self.systems.items()}
+                raise TimeoutError(
+                    f"no {event_type} for {referral_id} at any provider within {timeout}s; saw {seen}"
+                )
+            for system in self.systems.values():
+                await system.poll(timeout_ms=50)
 
 
 async def _partitions_for(consumer: Any, topic: str) -> list[int]:

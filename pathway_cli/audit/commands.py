@@ -22,6 +22,8 @@ from services.common.clock import LONDON
 
 DEFAULT_BOOTSTRAP = f"{LOOPBACK}:{DEFAULT_BROKER_PORT}"
 DEFAULT_OUT = DEFAULT_VAR_DIR / "audit"
+#: What `pathway simulate` writes; the audit reads it by default when it is there.
+DEFAULT_SIMULATION_EVENTS = DEFAULT_VAR_DIR / "simulation" / "events.jsonl"
 
 # Piped output (make, CI, files) gets a wide console so that paths stay on one line.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -59,7 +61,9 @@ def audit(
     events: Annotated[
         Path | None,
         typer.Option(
-            "--events", help="Read a JSON Lines export (`pathway export-events`) instead."
+            "--events",
+            help="Read a JSON Lines export (`pathway export-events`) instead "
+            f"(default {DEFAULT_SIMULATION_EVENTS} when it exists and no --bootstrap is given).",
         ),
     ] = None,
     window_days: Annotated[int, typer.Option(min=1, help="Length of the rolling window.")] = 30,
@@ -82,6 +86,8 @@ def audit(
     if bootstrap is not None and events is not None:
         raise _fail("give either --bootstrap or --events, not both")
     end = parse_until(until) if until else None
+    if bootstrap is None and events is None and DEFAULT_SIMULATION_EVENTS.exists():
+        events = DEFAULT_SIMULATION_EVENTS  # the month `pathway simulate` just played
     try:
         if events is not None:
             batch: EventBatch = read_jsonl(events)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import hl7  # type: ignore[import-untyped]
+import hl7
 
 LONDON = ZoneInfo("Europe/London")
 SEGMENT_END = "\r"

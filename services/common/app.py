@@ -35,7 +35,7 @@ from services.common.errors import PathwayError
 from services.common.messaging import OUTAGE_ERRORS, Consumer, Outbox, Publisher, make_broker
 from services.common.metrics import KitMetrics
 from services.common.settings import ServiceSettings
-from services.common.store import Outcome, Store, Tx, make_client
+from services.common.store import CommandCounter, Outcome, Store, Tx, make_client
 from services.common.tracing import tracer_provider
 
 log = logging.getLogger("pathway.app")
@@ -101,7 +101,10 @@ def build_runtime(
     provider = tracer_provider(service, settings.otel, span_processors)
     broker = make_broker(service, settings.kafka, metrics, provider)
     publisher = Publisher(broker, service, metrics)
-    store = Store(make_client(settings.mongo), settings.database_name(service), service)
+    commands = CommandCounter(service, metrics.registry)
+    store = Store(
+        make_client(settings.mongo, commands=commands), settings.database_name(service), service
+    )
     consumer = Consumer(
         service=service,
         group=settings.group(service),

@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 from opentelemetry import propagate
-from pymongo import AsyncMongoClient
+from prometheus_client import CollectorRegistry, Counter
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -31,12 +32,37 @@ OUTBOX = "outbox"
 PROCESSED = "processed"
 
 
-def make_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
+class CommandCounter(monitoring.CommandListener):
+    """Counts store round trips (commands sent), so that work per event can be measured."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self._counter = Counter(
+            "pathway_store_commands_total",
+            "MongoDB commands sent (round trips), by command name",
+            ["service", "command"],
+            registry=registry,
+        )
+        self._service = service
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self._counter.labels(self._service, event.command_name).inc()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def make_client(
+    settings: MongoSettings, *, commands: CommandCounter | None = None
+) -> AsyncMongoClient[Document]:
     return AsyncMongoClient(
         settings.url,
         serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
         tz_aware=True,
         uuidRepresentation="standard",
+        event_listeners=[commands] if commands is not None else [],
     )
 
 
