@@ -15,141 +15,49 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.task import Task
 from pydantic import ValidationError
 
 from services.common.auth import Principal, Role, require
-from services.common.errors import Denied, NotFound, PathwayError, Rejected
-from services.common.messaging import OUTAGE_ERRORS
+from services.common.errors import Denied, PathwayError
+from services.common.fhir import (
+    FHIR_JSON,
+    FhirError,
+    Issue,
+    fhir_route,
+    issue_type,
+    outcome_response,
+)
 from services.notify import fhir
 from services.notify.api import AcknowledgementDesk
 from services.notify.policy import version_id
 from services.notify.repository import NotifyRepository
 from services.notify.service import Acknowledgement
 
-FHIR_JSON = "application/fhir+json"
 MAX_BODY_BYTES = 256 * 1024
 MAX_ACTION = 2000
 _PERSON_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
 _FOCUS = re.compile(r"(?:^|/)DiagnosticReport/([A-Za-z0-9.-]{1,64})$")
 
-IssueType = Literal[
-    "structure",
-    "required",
-    "value",
-    "invalid",
-    "security",
-    "forbidden",
-    "not-found",
-    "conflict",
-    "business-rule",
-    "transient",
-    "too-costly",
-    "not-supported",
-]
 
 # --------------------------------------------------------------------------- OperationOutcome
 # The same answer shape as the request service's FHIR intake (services never import each
 # other; a candidate for the kit).
 
 
-@dataclass(frozen=True)
-class Issue:
-    code: IssueType
-    diagnostics: str
-    expression: str | None = None
+def _describe(error: PathwayError) -> FhirError:
+    return FhirError(error.http_status, [Issue(issue_type(error), error.message, "Task.focus")])
 
 
-class FhirError(Exception):
-    def __init__(
-        self, status: int, issues: Sequence[Issue], headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__("; ".join(i.diagnostics for i in issues))
-        self.status = status
-        self.issues = tuple(issues)
-        self.headers = dict(headers or {})
-
-
-def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
-    resource = {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": "error",
-                "code": i.code,
-                "diagnostics": i.diagnostics[:1000],
-                **({"expression": [i.expression]} if i.expression else {}),
-            }
-            for i in issues
-        ],
-    }
-    return OperationOutcome.model_validate(resource).model_dump(
-        mode="json", by_alias=True, exclude_none=True
-    )
-
-
-def _answer(error: FhirError) -> JSONResponse:
-    return JSONResponse(
-        status_code=error.status,
-        content=operation_outcome(error.issues),
-        media_type=FHIR_JSON,
-        headers=error.headers,
-    )
-
-
-def _kind(error: PathwayError) -> IssueType:
-    if isinstance(error, Denied):
-        return "forbidden"
-    if isinstance(error, NotFound):
-        return "not-found"
-    if isinstance(error, Rejected):
-        return "conflict"
-    return "business-rule"
-
-
-class FhirRoute(APIRoute):
-    """Every answer of a FHIR route is FHIR: errors, authentication included, are OperationOutcomes."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except FhirError as error:
-                return _answer(error)
-            except PathwayError as error:
-                issues = [Issue(_kind(error), error.message, "Task.focus")]
-                return _answer(FhirError(error.http_status, issues))
-            except HTTPException as error:
-                kinds: dict[int, IssueType] = {401: "security", 403: "forbidden", 404: "not-found"}
-                issue = Issue(kinds.get(error.status_code, "invalid"), str(error.detail))
-                return _answer(FhirError(error.status_code, [issue], error.headers))
-            except RequestValidationError as error:
-                issues = [
-                    Issue(
-                        "invalid",
-                        str(e.get("msg", "")).removeprefix("Value error, "),
-                        ".".join(str(p) for p in e.get("loc", ())),
-                    )
-                    for e in error.errors()
-                ]
-                return _answer(FhirError(422, issues))
-            except OUTAGE_ERRORS as error:
-                issue = Issue("transient", f"a dependency is unavailable ({type(error).__name__})")
-                return _answer(FhirError(503, [issue], {"Retry-After": "5"}))
-
-        return route
+FhirRoute = fhir_route(_describe)
+_answer = outcome_response
 
 
 # --------------------------------------------------------------------------- the Task

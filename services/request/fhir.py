@@ -14,31 +14,36 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from pathway_schemas.events import ReferralDetails
 from pathway_schemas.values import FieldError, GuidanceAdvice
 from services.common.auth import Principal, Role, require
-from services.common.errors import Denied, Invalid, NotFound, PathwayError, Rejected
-from services.common.messaging import OUTAGE_ERRORS
+from services.common.errors import Invalid, PathwayError
+from services.common.fhir import (
+    FHIR_JSON,
+    FhirError,
+    Issue,
+    IssueType,
+    fhir_path,
+    fhir_route,
+    issue_type,
+    operation_outcome,
+)
 from services.request import service
 from services.request.api import IDEMPOTENCY_KEY_PATTERN, SubmitReferral
 from services.request.commands import Referrals
 from services.request.repository import Document
 from services.request.timeline import ReferralState
 
-FHIR_JSON = "application/fhir+json"
 MAX_BODY_BYTES = 1_000_000
 _BASE = "https://imaging-pathway.example.nhs.uk/fhir"
 REFERRAL_ID_SYSTEM = f"{_BASE}/Id/referral-id"
@@ -60,93 +65,8 @@ PERSON_SYSTEMS = (
 PRIORITIES = {"routine": "routine", "urgent": "urgent", "asap": "urgent", "stat": "urgent"}
 INTENTS = ("order", "original-order")
 
-IssueType = Literal[
-    "invalid",
-    "structure",
-    "required",
-    "value",
-    "security",
-    "forbidden",
-    "not-found",
-    "conflict",
-    "business-rule",
-    "not-supported",
-    "transient",
-    "exception",
-    "informational",
-    "duplicate",
-    "too-costly",
-]
-
 
 # --------------------------------------------------------------------------- OperationOutcome
-
-
-@dataclass(frozen=True)
-class Issue:
-    code: IssueType
-    diagnostics: str
-    expression: str | None = None
-    severity: Literal["fatal", "error", "warning", "information"] = "error"
-
-
-class FhirError(Exception):
-    """A request answered with an OperationOutcome and this HTTP status."""
-
-    def __init__(
-        self, status: int, issues: Sequence[Issue], headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__("; ".join(i.diagnostics for i in issues))
-        self.status = status
-        self.issues = tuple(issues)
-        self.headers = dict(headers or {})
-
-
-def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
-    """A valid OperationOutcome (checked by its model) naming each issue."""
-    resource = {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": i.severity,
-                "code": i.code,
-                "diagnostics": i.diagnostics[:1000],
-                **({"expression": [i.expression]} if i.expression else {}),
-            }
-            for i in issues
-        ]
-        or [{"severity": "information", "code": "informational", "diagnostics": "ok"}],
-    }
-    return OperationOutcome.model_validate(resource).model_dump(
-        mode="json", by_alias=True, exclude_none=True
-    )
-
-
-def outcome_response(error: FhirError) -> JSONResponse:
-    return JSONResponse(
-        status_code=error.status,
-        content=operation_outcome(error.issues),
-        media_type=FHIR_JSON,
-        headers=error.headers,
-    )
-
-
-def fhir_path(location: Sequence[str | int], root: str) -> str:
-    """`("contained", 1, "id")` → `ServiceRequest.contained[1].id`."""
-    path = root
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def _pathway_issue_type(error: PathwayError) -> IssueType:
-    if isinstance(error, Denied):
-        return "forbidden"
-    if isinstance(error, NotFound):
-        return "not-found"
-    if isinstance(error, Rejected):
-        return "conflict"
-    return "business-rule"
 
 
 # The request's fields, as elements of the ServiceRequest they come from.
@@ -168,54 +88,12 @@ def _element(name: str) -> str:
 
 
 def from_pathway_error(error: PathwayError) -> FhirError:
-    kind = _pathway_issue_type(error)
+    kind = issue_type(error)
     issues = [Issue(kind, f"{error.message}: {e.message}", _element(e.field)) for e in error.errors]
     return FhirError(error.http_status, issues or [Issue(kind, error.message)])
 
 
-class FhirRoute(APIRoute):
-    """Every answer of a FHIR route is FHIR: errors, authentication included, are OperationOutcomes."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except FhirError as error:
-                return outcome_response(error)
-            except PathwayError as error:
-                return outcome_response(from_pathway_error(error))
-            except HTTPException as error:
-                kinds: dict[int, IssueType] = {401: "security", 403: "forbidden", 404: "not-found"}
-                kind = kinds.get(error.status_code, "invalid")
-                return outcome_response(
-                    FhirError(error.status_code, [Issue(kind, str(error.detail))], error.headers)
-                )
-            except RequestValidationError as error:
-                issues = [
-                    Issue(
-                        "invalid",
-                        str(e.get("msg", "")).removeprefix("Value error, "),
-                        ".".join(str(p) for p in e.get("loc", ())),
-                    )
-                    for e in error.errors()
-                ]
-                return outcome_response(FhirError(422, issues))
-            except OUTAGE_ERRORS as error:
-                return outcome_response(
-                    FhirError(
-                        503,
-                        [
-                            Issue(
-                                "transient", f"a dependency is unavailable ({type(error).__name__})"
-                            )
-                        ],
-                        {"Retry-After": "5"},
-                    )
-                )
-
-        return route
+FhirRoute = fhir_route(from_pathway_error)
 
 
 # --------------------------------------------------------------------------- reading the resource

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from pathway_schemas.events import ReferralDetails
 from pathway_schemas.values import FieldError
+from services.common import fhir as kit_fhir
 from services.common.auth import Principals
 from services.request import fhir
 from services.request.commands import Referrals, Submission
@@ -34,16 +35,16 @@ def body(resource: dict[str, Any]) -> bytes:
     return json.dumps(resource).encode()
 
 
-def issues_of(error: fhir.FhirError) -> dict[str | None, str]:
+def issues_of(error: kit_fhir.FhirError) -> dict[str | None, str]:
     return {i.expression: i.code for i in error.issues}
 
 
-def refused(resource: dict[str, Any] | bytes, status: int) -> fhir.FhirError:
+def refused(resource: dict[str, Any] | bytes, status: int) -> kit_fhir.FhirError:
     raw = resource if isinstance(resource, bytes) else body(resource)
-    with pytest.raises(fhir.FhirError) as raised:
+    with pytest.raises(kit_fhir.FhirError) as raised:
         fhir.checked_input(fhir.read_service_request(raw).values)
     assert raised.value.status == status, raised.value.issues
-    OperationOutcome.model_validate(fhir.operation_outcome(raised.value.issues))
+    OperationOutcome.model_validate(kit_fhir.operation_outcome(raised.value.issues))
     return raised.value
 
 
@@ -165,17 +166,17 @@ def test_the_same_input_rules_as_post_referrals_apply_and_never_echo_the_value(
     error = refused(resource, 422)
     assert expression in issues_of(error)
     assert all(
-        value not in json.dumps(fhir.operation_outcome(error.issues)) for value in changes.values()
+        value not in json.dumps(kit_fhir.operation_outcome(error.issues)) for value in changes.values()
     )
 
 
 def test_the_idempotency_key_is_the_header_else_the_identifier() -> None:
     assert fhir.idempotency_key("header-key-1", "identifier-1") == "header-key-1"
     assert fhir.idempotency_key(None, "identifier-1") == "identifier-1"
-    with pytest.raises(fhir.FhirError) as missing:
+    with pytest.raises(kit_fhir.FhirError) as missing:
         fhir.idempotency_key(None, None)
     assert issues_of(missing.value) == {"ServiceRequest.identifier": "required"}
-    with pytest.raises(fhir.FhirError) as bad:
+    with pytest.raises(kit_fhir.FhirError) as bad:
         fhir.idempotency_key(None, "short")
     assert bad.value.status == 422
 
@@ -251,7 +252,7 @@ async def test_a_service_request_is_submitted_once_and_answered_201_then_200(
         "/fhir/ServiceRequest", json=samples.service_request(), headers=PRACTICE_KEY
     )
     assert first.status_code == 201
-    assert first.headers["content-type"].startswith(fhir.FHIR_JSON)
+    assert first.headers["content-type"].startswith(kit_fhir.FHIR_JSON)
     assert (
         first.headers["location"] == f"/fhir/ServiceRequest/{samples.REFERRAL_ID.replace('_', '-')}"
     )
@@ -360,5 +361,5 @@ async def test_the_route_is_in_the_openapi_document_with_fhir_answers(
     http, _ = client
     document = (await http.get("/openapi.json")).json()
     operation = document["paths"]["/fhir/ServiceRequest"]["post"]
-    assert fhir.FHIR_JSON in operation["requestBody"]["content"]
-    assert fhir.FHIR_JSON in operation["responses"]["422"]["content"]
+    assert kit_fhir.FHIR_JSON in operation["requestBody"]["content"]
+    assert kit_fhir.FHIR_JSON in operation["responses"]["422"]["content"]
