@@ -17,21 +17,26 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pathway_schemas.base import PathwayEvent
+from pathway_schemas.values import FieldError
 from services.common.auth import Principals
 from services.common.clock import Clock, clock_from_settings
 from services.common.errors import PathwayError
+from services.common.jobs import every
 from services.common.messaging import OUTAGE_ERRORS, Consumer, Outbox, Publisher, make_broker
 from services.common.metrics import KitMetrics
 from services.common.settings import ServiceSettings
@@ -158,11 +163,8 @@ def http_app(
         for hook in runtime.startup:
             await hook()
         await _start_broker(runtime)
-        tasks = [
-            asyncio.create_task(
-                runtime.outbox.run(runtime.settings.outbox_relay_interval_s, stopping)
-            )
-        ]
+        relay = every(runtime.settings.outbox_relay_interval_s, runtime.outbox.step, "outbox relay")
+        tasks = [asyncio.create_task(relay(stopping))]
         tasks += [asyncio.create_task(job(stopping)) for job in runtime.background]
         log.info("started")
         try:
@@ -295,7 +297,29 @@ def http_app(
 
     for router in routers:
         app.include_router(router)
+    _document_invalid_input(app)
     return app
+
+
+class InvalidInput(BaseModel):
+    """The body of every 422 the kit answers (see `invalid_request`)."""
+
+    detail: str
+    errors: list[FieldError] = []
+
+
+def _document_invalid_input(app: FastAPI) -> None:
+    """Say in the OpenAPI document what a 422 really carries: FastAPI's default schema
+    (`detail` as a list) is not what `invalid_request` sends."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or {422, "422", "4XX", "default"} & set(route.responses):
+            continue
+        # Where FastAPI would document its own 422: a route with parameters or a body.
+        if get_flat_params(route.dependant) or route.body_field is not None:
+            route.responses[422] = {
+                "model": InvalidInput,
+                "description": "Invalid input: `errors` names each bad field",
+            }
 
 
 def _field(location: object) -> str:

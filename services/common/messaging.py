@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -50,6 +49,7 @@ E = TypeVar("E", bound=PathwayEvent)
 
 # Kafka's default record limit is 1 MB; the dead letter must fit with its own fields.
 MAX_DEAD_LETTER_VALUE = 512 * 1024
+RELAY_BATCH = 200
 
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionFailure,
@@ -144,7 +144,7 @@ class Outbox:
         ids = [dict(r.headers)["ce_id"].decode() for r in outcome.records]
         await self.store.db[OUTBOX].delete_many({"_id": {"$in": ids}})
 
-    async def relay_once(self, older_than_s: float = 10.0, limit: int = 200) -> int:
+    async def relay_once(self, older_than_s: float = 10.0, limit: int = RELAY_BATCH) -> int:
         """Publish outbox entries older than a moment (so in-line flushes go first); oldest first."""
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
         backlog = await self.store.db[OUTBOX].count_documents({})
@@ -161,16 +161,13 @@ class Outbox:
             sent += 1
         return sent
 
-    async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.relay_once()
-            except OUTAGE_ERRORS:
-                self.metrics.publish_errors.labels(self.service).inc()
-            except Exception:
-                log.exception("outbox relay failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+    async def step(self) -> bool:
+        """One relay pass; True while a full batch shows more are waiting."""
+        try:
+            return await self.relay_once() >= RELAY_BATCH
+        except OUTAGE_ERRORS:
+            self.metrics.publish_errors.labels(self.service).inc()
+            raise
 
 
 @dataclass(frozen=True)

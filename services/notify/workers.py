@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from services.common.app import Runtime
+from services.common.jobs import repeat
 from services.common.messaging import OUTAGE_ERRORS
 from services.notify import fhir
 from services.notify.channels import Channel, ChannelError, OutgoingMessage, Recipient
@@ -53,38 +54,6 @@ Document = dict[str, Any]
 def worker_id() -> str:
     """Who holds a lease: unique per process start, readable in the store."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-async def every(
-    interval_s: float,
-    stopping: asyncio.Event,
-    step: Callable[[], Awaitable[bool]],
-    name: str,
-    wake: asyncio.Event | None = None,
-) -> None:
-    """Run `step` until stopping: again at once while it finds work, else after `interval_s`
-    or as soon as `wake` is set (new work was committed in this process)."""
-    while not stopping.is_set():
-        busy = False
-        try:
-            busy = await step()
-        except OUTAGE_ERRORS:
-            log.warning("%s: store or broker unavailable; trying again", name)
-        except Exception:
-            log.exception("%s failed; trying again", name)
-        if busy:
-            await asyncio.sleep(0)
-            continue
-        waits = [asyncio.ensure_future(stopping.wait())]
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        if wake is not None:
-            wake.clear()
 
 
 async def _release(release: Callable[[], Awaitable[None]]) -> None:
@@ -126,11 +95,23 @@ class DeliveryWorker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         if self.transports:
-            await every(self.interval_s, stopping, self.step, "delivery worker", self.wake)
+            await repeat(
+                self.step,
+                interval_s=self.interval_s,
+                stopping=stopping,
+                name="delivery worker",
+                wake=self.wake,
+            )
             return
         async with httpx.AsyncClient(timeout=self.policy.timeout_s) as client:
             self.transports = {"http": HttpPushTransport(client, self.practices.secret)}
-            await every(self.interval_s, stopping, self.step, "delivery worker", self.wake)
+            await repeat(
+                self.step,
+                interval_s=self.interval_s,
+                stopping=stopping,
+                name="delivery worker",
+                wake=self.wake,
+            )
 
     async def step(self) -> bool:
         now = self.runtime.clock.now()
@@ -247,7 +228,13 @@ class MessageWorker:
         self.wake = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await every(self.interval_s, stopping, self.step, "message worker", self.wake)
+        await repeat(
+            self.step,
+            interval_s=self.interval_s,
+            stopping=stopping,
+            name="message worker",
+            wake=self.wake,
+        )
 
     async def step(self) -> bool:
         now = self.runtime.clock.now()
@@ -361,7 +348,9 @@ class EscalationWorker:
         self._gauges_at = 0.0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await every(self.interval_s, stopping, self.step, "escalation worker")
+        await repeat(
+            self.step, interval_s=self.interval_s, stopping=stopping, name="escalation worker"
+        )
 
     async def step(self) -> bool:
         now = self.runtime.clock.now()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from pydantic import TypeAdapter
@@ -20,7 +17,7 @@ from pathway_schemas.values import OdsCode
 from services.common.app import Runtime, build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock, WorkingCalendar
-from services.common.messaging import OUTAGE_ERRORS
+from services.common.jobs import every
 from services.reporting import api, handlers
 from services.reporting.commands import Reporting
 from services.reporting.intake import ProviderIntake
@@ -50,25 +47,6 @@ def turnaround_policy(settings: TurnaroundSettings) -> TurnaroundPolicy:
         day_ends_at=settings.working_day_ends_at,
         mdt_working_days=settings.mdt_working_days,
     )
-
-
-def every(
-    interval_s: float, job: Callable[[], Awaitable[None]], name: str
-) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
-    """A background job for `runtime.background`: runs `job` every interval until the service stops."""
-
-    async def run(stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await job()
-            except OUTAGE_ERRORS:
-                log.warning("%s: store or broker unavailable; next try in %ss", name, interval_s)
-            except Exception:
-                log.exception("%s failed", name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=interval_s)
-
-    return run
 
 
 def overdue_refresher(

@@ -6,18 +6,14 @@ priority, so a scrape costs nothing and the figure is at most one interval old.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pathway_schemas.values import Priority
 from services.common.clock import Clock
-from services.common.messaging import OUTAGE_ERRORS
+from services.common.jobs import BackgroundJob, every
 from services.vetting.repository import WorklistRepository
 from services.vetting.service import DecisionOutcome, Step, age_seconds
 
@@ -41,7 +37,18 @@ class VettingMetrics:
                 "pathway_vetting_seconds",
                 "Time from entering vetting (submission, amendment or answer) to the decision",
                 ["priority", "outcome"],
-                buckets=(60, 300, 900, _HOUR, 4 * _HOUR, 8 * _HOUR, _DAY, 2 * _DAY, 3 * _DAY, 7 * _DAY),
+                buckets=(
+                    60,
+                    300,
+                    900,
+                    _HOUR,
+                    4 * _HOUR,
+                    8 * _HOUR,
+                    _DAY,
+                    2 * _DAY,
+                    3 * _DAY,
+                    7 * _DAY,
+                ),
                 registry=registry,
             ),
             worklist_open=Gauge(
@@ -87,21 +94,15 @@ class VettingMetrics:
         for priority in Priority:
             count, oldest = await repository.open_count_and_oldest(priority)
             self.worklist_open.labels(priority.value).set(count)
-            self.worklist_oldest_seconds.labels(priority.value).set(age_seconds(oldest, now) if oldest else 0.0)
+            self.worklist_oldest_seconds.labels(priority.value).set(
+                age_seconds(oldest, now) if oldest else 0.0
+            )
 
 
 def worklist_gauges_job(
     metrics: VettingMetrics, repository: WorklistRepository, clock: Clock, interval_s: float
-) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
-    async def job(stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await metrics.refresh_worklist(repository, clock)
-            except OUTAGE_ERRORS:
-                pass  # readiness reports the outage; the gauges keep their last value
-            except Exception:
-                log.exception("refreshing the worklist gauges failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+) -> BackgroundJob:
+    async def refresh() -> None:
+        await metrics.refresh_worklist(repository, clock)
 
-    return job
+    return every(interval_s, refresh, "worklist gauges")
