@@ -76,15 +76,21 @@ class WorklistEntryView(BaseModel):
     nhs_number: str | None = Field(description="Shown to vetting clinicians only")
     clinical_question: str | None = Field(description="Shown to vetting clinicians only")
     guidance: GuidanceAdvice
-    duplicate: bool = Field(description="Earlier referrals for this patient and examination were flagged")
+    duplicate: bool = Field(
+        description="Earlier referrals for this patient and examination were flagged"
+    )
     duplicate_of: tuple[str, ...]
     received_at: datetime
-    entered_at: datetime = Field(description="When it last entered vetting (submission, amendment or answer)")
+    entered_at: datetime = Field(
+        description="When it last entered vetting (submission, amendment or answer)"
+    )
     age_seconds: float = Field(description="Time on the worklist since entered_at")
     why: str = Field(description="Why a person must vet it")
     open_query_id: str | None
     decision: Decision | None
-    history: tuple[HistoryEntry, ...] = Field(description="Audit trail: returns, queries, answers, amendments")
+    history: tuple[HistoryEntry, ...] = Field(
+        description="Audit trail: returns, queries, answers, amendments"
+    )
 
 
 class WorklistPage(BaseModel):
@@ -150,7 +156,9 @@ def _decision_view(referral_id: str, decision: Decision) -> DecisionView:
     return DecisionView(referral_id=referral_id, **decision.model_dump())
 
 
-def _conflict(referral_id: str, message: str, state: State, decision: Decision | None) -> JSONResponse:
+def _conflict(
+    referral_id: str, message: str, state: State, decision: Decision | None
+) -> JSONResponse:
     body = ConflictView(
         detail=message,
         state=state,
@@ -169,12 +177,18 @@ def worklist_router(
         422: {"description": "Invalid decision; `errors` names the fields"},
     }
 
-    @router.get("", response_model=WorklistPage, summary="Referrals waiting for vetting, urgent first, then oldest")
+    @router.get(
+        "",
+        response_model=WorklistPage,
+        summary="Referrals waiting for vetting, urgent first, then oldest",
+    )
     async def list_worklist(
         principal: Reader,
         modality: Modality | None = None,
         priority: Priority | None = None,
-        min_age_minutes: Annotated[int, Query(ge=0, le=525_600, description="Only items waiting this long")] = 0,
+        min_age_minutes: Annotated[
+            int, Query(ge=0, le=525_600, description="Only items waiting this long")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> WorklistPage:
         now = runtime.clock.now()
@@ -186,10 +200,12 @@ def worklist_router(
         )
         return WorklistPage(items=[entry_view(i, now, principal) for i in items], generated_at=now)
 
-    @router.get("/{referral_id}", response_model=WorklistEntryView, summary="One referral in vetting, any state")
-    async def get_item(
-        referral_id: ReferralIdPath, principal: Reader
-    ) -> WorklistEntryView:
+    @router.get(
+        "/{referral_id}",
+        response_model=WorklistEntryView,
+        summary="One referral in vetting, any state",
+    )
+    async def get_item(referral_id: ReferralIdPath, principal: Reader) -> WorklistEntryView:
         item = await repository.load(referral_id)
         if item is None:
             raise NotFound("no referral with this id in vetting")
@@ -224,13 +240,17 @@ def worklist_router(
         metrics.record(result.value)
         return _decision_view(referral_id, result.value.decision)
 
-    async def _replay(referral_id: str, key: str | None, outcome: DecisionOutcome) -> DecisionView | JSONResponse:
+    async def _replay(
+        referral_id: str, key: str | None, outcome: DecisionOutcome
+    ) -> DecisionView | JSONResponse:
         item = await repository.load(referral_id)
         earlier = item.decision_under_key(key) if item is not None and key else None
         if item is None or earlier is None:
             raise NotFound("no decision under this Idempotency-Key")
         if earlier.outcome is not outcome:
-            message = f"this Idempotency-Key was used for an earlier decision ({earlier.outcome.value})"
+            message = (
+                f"this Idempotency-Key was used for an earlier decision ({earlier.outcome.value})"
+            )
             return _conflict(referral_id, message, item.state, earlier)
         return _decision_view(referral_id, earlier)
 
@@ -251,7 +271,12 @@ def worklist_router(
             idempotency_key,
             DecisionOutcome.ACCEPTED,
             lambda item, now: service.accept(
-                item, command, by=principal.name, now=now, policy=policy.open_access, idempotency_key=idempotency_key
+                item,
+                command,
+                by=principal.name,
+                now=now,
+                policy=policy.open_access,
+                idempotency_key=idempotency_key,
             ),
         )
 
@@ -294,7 +319,12 @@ def worklist_router(
             idempotency_key,
             DecisionOutcome.QUERIED,
             lambda item, now: service.query_referrer(
-                item, command, by=principal.name, now=now, query_id=query_id, idempotency_key=idempotency_key
+                item,
+                command,
+                by=principal.name,
+                now=now,
+                query_id=query_id,
+                idempotency_key=idempotency_key,
             ),
         )
 

@@ -24,7 +24,9 @@ log = logging.getLogger("pathway.vetting")
 Rule = Callable[[WorklistItem | None, Tx], Step | None]
 
 
-def register(runtime: Runtime, repository: WorklistRepository, policy: VettingPolicy, metrics: VettingMetrics) -> None:
+def register(
+    runtime: Runtime, repository: WorklistRepository, policy: VettingPolicy, metrics: VettingMetrics
+) -> None:
     async def apply(referral_id: str, delivery: Delivery, rule: Rule) -> Outcome[Step | None]:
         async def work(tx: Tx) -> Step | None:
             existing = await repository.load(referral_id, tx)
@@ -34,25 +36,45 @@ def register(runtime: Runtime, repository: WorklistRepository, policy: VettingPo
         outcome = await runtime.commit(work, cause_id=delivery.event_id)
         if not outcome.duplicate and outcome.value is not None:
             metrics.record(outcome.value)
-            log.info("vetting item %s", outcome.value.item.state.value, extra={"referral_id": referral_id})
+            log.info(
+                "vetting item %s",
+                outcome.value.item.state.value,
+                extra={"referral_id": referral_id},
+            )
         return outcome
 
     @runtime.consumer.on(ReferralSubmitted)
-    async def on_referral_submitted(event: ReferralSubmitted, delivery: Delivery) -> Outcome[Step | None]:
+    async def on_referral_submitted(
+        event: ReferralSubmitted, delivery: Delivery
+    ) -> Outcome[Step | None]:
         return await apply(
-            event.referral_id, delivery, lambda item, tx: service.enter_vetting(item, event, policy.open_access, tx.now)
+            event.referral_id,
+            delivery,
+            lambda item, tx: service.enter_vetting(item, event, policy.open_access, tx.now),
         )
 
     @runtime.consumer.on(ReferralAmended)
-    async def on_referral_amended(event: ReferralAmended, delivery: Delivery) -> Outcome[Step | None]:
+    async def on_referral_amended(
+        event: ReferralAmended, delivery: Delivery
+    ) -> Outcome[Step | None]:
         return await apply(
-            event.referral_id, delivery, lambda item, tx: service.enter_vetting(item, event, policy.open_access, tx.now)
+            event.referral_id,
+            delivery,
+            lambda item, tx: service.enter_vetting(item, event, policy.open_access, tx.now),
         )
 
     @runtime.consumer.on(ReferralQueryAnswered)
-    async def on_query_answered(event: ReferralQueryAnswered, delivery: Delivery) -> Outcome[Step | None]:
-        return await apply(event.referral_id, delivery, lambda item, tx: service.answer_query(item, event, tx.now))
+    async def on_query_answered(
+        event: ReferralQueryAnswered, delivery: Delivery
+    ) -> Outcome[Step | None]:
+        return await apply(
+            event.referral_id, delivery, lambda item, tx: service.answer_query(item, event, tx.now)
+        )
 
     @runtime.consumer.on(ReferralCancelled)
-    async def on_referral_cancelled(event: ReferralCancelled, delivery: Delivery) -> Outcome[Step | None]:
-        return await apply(event.referral_id, delivery, lambda item, tx: service.cancel(item, event))
+    async def on_referral_cancelled(
+        event: ReferralCancelled, delivery: Delivery
+    ) -> Outcome[Step | None]:
+        return await apply(
+            event.referral_id, delivery, lambda item, tx: service.cancel(item, event)
+        )

@@ -45,16 +45,23 @@ class WorklistRepository:
         self.items = db[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        await self.items.create_index([("state", ASCENDING), *WORKLIST_ORDER], name="worklist_order")
         await self.items.create_index(
-            [("state", ASCENDING), ("referral.modality", ASCENDING), *WORKLIST_ORDER], name="worklist_by_modality"
+            [("state", ASCENDING), *WORKLIST_ORDER], name="worklist_order"
+        )
+        await self.items.create_index(
+            [("state", ASCENDING), ("referral.modality", ASCENDING), *WORKLIST_ORDER],
+            name="worklist_by_modality",
         )
 
     async def load(self, referral_id: str, tx: Tx | None = None) -> WorklistItem | None:
-        document = await self.items.find_one({"_id": referral_id}, session=tx.session if tx else None)
+        document = await self.items.find_one(
+            {"_id": referral_id}, session=tx.session if tx else None
+        )
         return from_document(document) if document else None
 
-    async def save(self, tx: Tx, item: WorklistItem, *, previous: WorklistItem | None) -> WorklistItem:
+    async def save(
+        self, tx: Tx, item: WorklistItem, *, previous: WorklistItem | None
+    ) -> WorklistItem:
         """Insert a new item, or replace `previous` only if nobody changed it since it was read."""
         if previous is None:
             stored = item.model_copy(update={"version": 1})
@@ -62,7 +69,9 @@ class WorklistRepository:
             return stored
         stored = item.model_copy(update={"version": previous.version + 1})
         result = await self.items.replace_one(
-            {"_id": item.referral_id, "version": previous.version}, to_document(stored), session=tx.session
+            {"_id": item.referral_id, "version": previous.version},
+            to_document(stored),
+            session=tx.session,
         )
         if result.matched_count != 1:
             raise ConcurrentChange("the item changed while this decision was made: reload it")

@@ -67,8 +67,13 @@ class OpenAccessPolicy(BaseModel):
     # Not indicated is never allowed (checked below). Specialist-only and more-information-needed
     # stay out by default: the first says a GP should not order it directly, the second that the
     # request is incomplete; both need a clinician who can query or return.
-    guidance_outcomes: tuple[GuidanceOutcome, ...] = (GuidanceOutcome.INDICATED, GuidanceOutcome.NO_RULE)
-    protocol: Annotated[str, Field(min_length=1, max_length=500)] = "Standard projections (open access)"
+    guidance_outcomes: tuple[GuidanceOutcome, ...] = (
+        GuidanceOutcome.INDICATED,
+        GuidanceOutcome.NO_RULE,
+    )
+    protocol: Annotated[str, Field(min_length=1, max_length=500)] = (
+        "Standard projections (open access)"
+    )
     decided_by: PersonId = "open-access-rule"
     # IR(ME)R allows justification under written guidelines issued by a practitioner: name them here.
     justified_under_guidelines_of: PersonId | None = None
@@ -83,14 +88,20 @@ class OpenAccessPolicy(BaseModel):
             if entry is None:
                 raise ValueError(f"{code!r} is not in the examination catalogue")
             if entry.modality != Modality.XR.value:
-                raise ValueError(f"{code!r} is {entry.modality}, and open access is for plain X-ray (XR) only")
+                raise ValueError(
+                    f"{code!r} is {entry.modality}, and open access is for plain X-ray (XR) only"
+                )
         return normalised
 
     @field_validator("guidance_outcomes")
     @classmethod
-    def _never_not_indicated(cls, outcomes: tuple[GuidanceOutcome, ...]) -> tuple[GuidanceOutcome, ...]:
+    def _never_not_indicated(
+        cls, outcomes: tuple[GuidanceOutcome, ...]
+    ) -> tuple[GuidanceOutcome, ...]:
         if GuidanceOutcome.NOT_INDICATED in outcomes:
-            raise ValueError("open access may never accept a referral the guidance says is not indicated")
+            raise ValueError(
+                "open access may never accept a referral the guidance says is not indicated"
+            )
         return outcomes
 
     def lists(self, examination_code: str) -> bool:
@@ -107,14 +118,17 @@ class VettingPolicy(BaseModel):
 def load_policy(path: Path) -> VettingPolicy:
     """Read the operator's policy once at start; a bad file stops the service with a reason."""
     if not path.exists():
-        raise FileNotFoundError(f"vetting policy {path} is missing: copy config/vetting.json or set VETTING_CONFIG_DIR")
+        raise FileNotFoundError(
+            f"vetting policy {path} is missing: copy config/vetting.json or set VETTING_CONFIG_DIR"
+        )
     try:
         return VettingPolicy.model_validate(json.loads(path.read_text("utf-8")))
     except json.JSONDecodeError as error:
         raise ValueError(f"vetting policy {path} is not JSON: {error}") from None
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in error.errors(include_url=False)
         )
         raise ValueError(f"vetting policy {path} is not valid: {problems}") from None
 
@@ -215,7 +229,9 @@ class WorklistItem(_Model):
     state: State
     referral: ReferralFacts
     received_at: datetime = Field(description="The original submission: the wait clock starts here")
-    entered_at: datetime = Field(description="When it last entered vetting: worklist age and vetting time")
+    entered_at: datetime = Field(
+        description="When it last entered vetting: worklist age and vetting time"
+    )
     rank: int = Field(description="Sort rank of the priority: urgent first")
     why: str = ""
     open_query_id: str | None = None
@@ -269,7 +285,9 @@ class Triage:
     why: str
 
 
-def triage(facts: ReferralFacts, policy: OpenAccessPolicy, *, seen_by_clinician: bool = False) -> Triage:
+def triage(
+    facts: ReferralFacts, policy: OpenAccessPolicy, *, seen_by_clinician: bool = False
+) -> Triage:
     """Open access, or why a person must vet it (every reason that applies, for the clinician)."""
     reasons: list[str] = []
     if not policy.enabled:
@@ -302,7 +320,9 @@ def enter_vetting(
         item = _new_item(event, facts, entry)
         return _triaged(item, triage(facts, policy), policy, now)
 
-    amended = HistoryEntry(kind=HistoryKind.AMENDED, at=event.occurred_at, by=event.amended_by, note=event.note)
+    amended = HistoryEntry(
+        kind=HistoryKind.AMENDED, at=event.occurred_at, by=event.amended_by, note=event.note
+    )
     if existing is None:
         # Its submission never reached us (replayed from a dead letter, say): keep it, and
         # let a person look, since its history is unknown here.
@@ -325,7 +345,9 @@ def enter_vetting(
     return _triaged(item, verdict, policy, now)
 
 
-def _new_item(event: ReferralSubmitted | ReferralAmended, facts: ReferralFacts, entry: HistoryEntry) -> WorklistItem:
+def _new_item(
+    event: ReferralSubmitted | ReferralAmended, facts: ReferralFacts, entry: HistoryEntry
+) -> WorklistItem:
     return WorklistItem(
         referral_id=event.referral_id,
         state=State.WAITING,
@@ -369,14 +391,20 @@ def _queued(item: WorklistItem, why: str, now: datetime) -> Step:
     return Step(item=queued, events=(event,))
 
 
-def answer_query(existing: WorklistItem | None, event: ReferralQueryAnswered, now: datetime) -> Step | None:
+def answer_query(
+    existing: WorklistItem | None, event: ReferralQueryAnswered, now: datetime
+) -> Step | None:
     """The referrer answered: back onto the worklist, with the question and answer in its history."""
     if existing is None:
         raise Rejected("an answer arrived for a referral that vetting does not hold")
-    if any(e.kind is HistoryKind.ANSWERED and e.query_id == event.query_id for e in existing.history):
+    if any(
+        e.kind is HistoryKind.ANSWERED and e.query_id == event.query_id for e in existing.history
+    ):
         return None  # this query was answered already
     if existing.state is not State.QUERIED or existing.open_query_id != event.query_id:
-        raise Rejected(f"no open query {event.query_id} on a referral that is {existing.state.value}")
+        raise Rejected(
+            f"no open query {event.query_id} on a referral that is {existing.state.value}"
+        )
     answered = existing._with(
         HistoryEntry(
             kind=HistoryKind.ANSWERED,
@@ -398,7 +426,9 @@ def cancel(existing: WorklistItem | None, event: ReferralCancelled) -> Step | No
     if existing is None or existing.state is State.CANCELLED:
         return None
     note = event.reason.value + (f": {event.note}" if event.note else "")
-    entry = HistoryEntry(kind=HistoryKind.CANCELLED, at=event.occurred_at, by=event.cancelled_by, note=note)
+    entry = HistoryEntry(
+        kind=HistoryKind.CANCELLED, at=event.occurred_at, by=event.cancelled_by, note=note
+    )
     return Step(item=existing._with(entry, state=State.CANCELLED, open_query_id=None))
 
 
@@ -413,10 +443,12 @@ class AcceptCommand(BaseModel):
         default=None, description="Confirmed or changed priority; empty confirms the referrer's"
     )
     justified_by: PersonId | None = Field(
-        default=None, description="IR(ME)R justifying practitioner: required for ionising examinations"
+        default=None,
+        description="IR(ME)R justifying practitioner: required for ionising examinations",
     )
     walk_in_allowed: bool | None = Field(
-        default=None, description="Plain X-ray only; empty: as the open-access policy says for this examination"
+        default=None,
+        description="Plain X-ray only; empty: as the open-access policy says for this examination",
     )
 
 
@@ -468,7 +500,9 @@ def accept(
             )
         )
     if command.walk_in_allowed and facts.modality is not Modality.XR:
-        errors.append(FieldError(field="walk_in_allowed", message="walk-in is for plain X-ray (XR) only"))
+        errors.append(
+            FieldError(field="walk_in_allowed", message="walk-in is for plain X-ray (XR) only")
+        )
     if errors:
         raise Invalid("the acceptance is incomplete", errors)
     walk_in = command.walk_in_allowed
@@ -510,12 +544,23 @@ def _accepted(item: WorklistItem, decision: Decision, now: datetime) -> Step:
         automatic=decision.automatic,
         walk_in_allowed=decision.walk_in_allowed,
     )
-    entry = HistoryEntry(kind=HistoryKind.ACCEPTED, at=now, by=decision.decided_by, decision=decision)
-    return Step(item=item._with(entry, state=State.ACCEPTED, decision=decision), events=(event,), decision=decision)
+    entry = HistoryEntry(
+        kind=HistoryKind.ACCEPTED, at=now, by=decision.decided_by, decision=decision
+    )
+    return Step(
+        item=item._with(entry, state=State.ACCEPTED, decision=decision),
+        events=(event,),
+        decision=decision,
+    )
 
 
 def return_to_referrer(
-    item: WorklistItem, command: ReturnCommand, *, by: str, now: datetime, idempotency_key: str | None = None
+    item: WorklistItem,
+    command: ReturnCommand,
+    *,
+    by: str,
+    now: datetime,
+    idempotency_key: str | None = None,
 ) -> Step:
     _must_be_waiting(item)
     decision = Decision(
@@ -528,10 +573,20 @@ def return_to_referrer(
         idempotency_key=idempotency_key,
     )
     event = VettingReturned(
-        referral_id=item.referral_id, occurred_at=now, reason=command.reason, advice=command.advice, decided_by=by
+        referral_id=item.referral_id,
+        occurred_at=now,
+        reason=command.reason,
+        advice=command.advice,
+        decided_by=by,
     )
-    entry = HistoryEntry(kind=HistoryKind.RETURNED, at=now, by=by, note=command.advice, decision=decision)
-    return Step(item=item._with(entry, state=State.RETURNED, decision=decision), events=(event,), decision=decision)
+    entry = HistoryEntry(
+        kind=HistoryKind.RETURNED, at=now, by=by, note=command.advice, decision=decision
+    )
+    return Step(
+        item=item._with(entry, state=State.RETURNED, decision=decision),
+        events=(event,),
+        decision=decision,
+    )
 
 
 def query_referrer(
@@ -554,10 +609,19 @@ def query_referrer(
         idempotency_key=idempotency_key,
     )
     event = VettingQueried(
-        referral_id=item.referral_id, occurred_at=now, query_id=query_id, question=command.question, decided_by=by
+        referral_id=item.referral_id,
+        occurred_at=now,
+        query_id=query_id,
+        question=command.question,
+        decided_by=by,
     )
     entry = HistoryEntry(
-        kind=HistoryKind.QUERIED, at=now, by=by, note=command.question, query_id=query_id, decision=decision
+        kind=HistoryKind.QUERIED,
+        at=now,
+        by=by,
+        note=command.question,
+        query_id=query_id,
+        decision=decision,
     )
     queried = item._with(entry, state=State.QUERIED, decision=decision, open_query_id=query_id)
     return Step(item=queried, events=(event,), decision=decision)

@@ -9,7 +9,9 @@ from services.common.settings import HttpSettings, ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="VETTING_", env_nested_delimiter="__", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="VETTING_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
 
     http: HttpSettings = HttpSettings(port=8002)
     # The operator's policy (open access), relative to config_dir unless absolute.
