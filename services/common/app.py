@@ -17,22 +17,18 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.dependencies.utils import get_flat_params
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pathway_schemas.base import PathwayEvent
-from pathway_schemas.values import FieldError
 from services.common.auth import Principals
 from services.common.clock import Clock, clock_from_settings
 from services.common.errors import PathwayError
@@ -301,25 +297,40 @@ def http_app(
     return app
 
 
-class InvalidInput(BaseModel):
-    """The body of every 422 the kit answers (see `invalid_request`)."""
-
-    detail: str
-    errors: list[FieldError] = []
+# What `invalid_request` answers with a 422; FastAPI documents its own body (`detail` as a
+# list of errors) under this name for every route with parameters, so the kit's replaces it.
+INVALID_INPUT_SCHEMA: dict[str, Any] = {
+    "title": "HTTPValidationError",
+    "description": "Invalid input: `errors` names each bad field (the input is not echoed)",
+    "type": "object",
+    "required": ["detail", "errors"],
+    "properties": {
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
 
 
 def _document_invalid_input(app: FastAPI) -> None:
-    """Say in the OpenAPI document what a 422 really carries: FastAPI's default schema
-    (`detail` as a list) is not what `invalid_request` sends."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or {422, "422", "4XX", "default"} & set(route.responses):
-            continue
-        # Where FastAPI would document its own 422: a route with parameters or a body.
-        if get_flat_params(route.dependant) or route.body_field is not None:
-            route.responses[422] = {
-                "model": InvalidInput,
-                "description": "Invalid input: `errors` names each bad field",
-            }
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = INVALID_INPUT_SCHEMA
+                schemas.pop("ValidationError", None)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _field(location: object) -> str:

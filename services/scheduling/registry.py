@@ -15,11 +15,31 @@ from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from pathway_schemas.values import Modality, OdsCode
 
 SiteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# London wall time has no UTC offset, so it is not a JSON Schema "time" (RFC 3339 needs one).
+WallTime = Annotated[
+    time,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$",
+            "description": "Europe/London wall time, HH:MM (seconds allowed), no offset",
+            "examples": ["08:00"],
+        }
+    ),
+]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -32,8 +52,8 @@ class _Config(BaseModel):
 class Session(_Config):
     """One opening interval of a day, local wall time."""
 
-    open: time
-    close: time
+    open: WallTime
+    close: WallTime
 
     @model_validator(mode="after")
     def _ordered(self) -> Session:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -91,7 +90,3 @@ def clerk(system: System, http: httpx.AsyncClient) -> BookingClerk:
 @pytest.fixture
 def reporter(system: System, http: httpx.AsyncClient) -> Reporter:
     return Reporter(http, system.urls)
-
-
-def log_dir(system: System) -> Path:
-    return Path(system.stack.config.log_dir)
