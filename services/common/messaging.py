@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import StreamMessage
 from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
@@ -170,6 +173,37 @@ class Outbox:
             raise
 
 
+async def _tolerant_parser(
+    record: ConsumerRecord[Any, Any],
+    original: Callable[[ConsumerRecord[Any, Any]], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's parser, for any record at all.
+
+    It reads every header as UTF-8 before a handler runs, and a record it cannot read was
+    committed unseen (neither applied nor dead-lettered). The handler reads the raw record
+    (`raw_message`), so it gets the record exactly as sent and dead-letters it.
+    """
+    try:
+        return await original(record)
+    except (UnicodeDecodeError, AttributeError):
+        readable = dataclasses.replace(
+            record,
+            headers=[
+                (name, (raw or b"").decode("utf-8", "replace").encode())
+                for name, raw in record.headers
+            ],
+        )
+        message = await original(readable)
+        message.raw_message = record
+        return message
+
+
+async def _raw_body(message: StreamMessage[Any]) -> bytes:
+    """The body as sent: `from_record` decodes it. FastStream would parse it as JSON first,
+    and a body that is not JSON would then be redelivered forever, blocking its partition."""
+    return message.body
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Where an event came from: handlers use it for provider identity and idempotency."""
@@ -254,6 +288,8 @@ class Consumer:
             session_timeout_ms=self.kafka.session_timeout_ms,
             max_poll_interval_ms=self.kafka.max_poll_interval_ms,
             title=f"{self.service}:{','.join(topic_names)}",
+            parser=_tolerant_parser,
+            decoder=_raw_body,
         )(consume)
 
     async def handle_record(
