@@ -69,6 +69,10 @@ class _ParkedFirst(Exception):
     """Earlier events of this referral are parked: apply them first, in order."""
 
 
+class _ClaimedForRefusal(Exception):
+    """The sweep is refusing this parked event: it must not be applied."""
+
+
 class _StillWaiting(Exception):
     """A parked event is still not applicable: abort without marking it processed."""
 
@@ -197,13 +201,16 @@ class ProviderIntake:
                 )
                 if referral is None:
                     raise _StillWaiting
-                await self.repository.delete_parked(parked["_id"], tx)
+                if not await self.repository.take_parked(parked["_id"], tx):
+                    raise _ClaimedForRefusal
                 return await self.apply(tx, referral, event, parked["provider"])
 
             try:
                 outcome = await self.runtime.commit(work, cause_id=f"unpark:{parked['_id']}")
             except _StillWaiting:
                 break
+            except _ClaimedForRefusal:
+                continue
             except PathwayError as refused:
                 await self.refuse(parked, event, delivery, refused, refused.reason)
                 continue
@@ -232,15 +239,36 @@ class ProviderIntake:
         )
         for parked in expired:
             event, delivery = _restore(parked)
-            await self.refuse(
-                parked,
-                event,
-                delivery,
-                Denied("no booking of the referral with this provider is known"),
-                Denied.reason,
-            )
+            error = await self.claim_for_refusal(parked)
+            if error is None:
+                continue  # its booking has arrived meanwhile: a release applies it
+            await self.refuse(parked, event, delivery, error, error.reason)
             await self.repository.clear_parked_flag(parked["referral_id"])
         self.metrics.parked.set(await self.repository.parked.estimated_document_count())
+
+    async def claim_for_refusal(self, parked: Document) -> PathwayError | None:
+        """In one transaction, check the referral once more and claim the event to refuse it.
+
+        The claim stops a concurrent release from applying it (and a refused event is never
+        also applied); a crash after the claim leaves it claimed and expired, so the next
+        sweep dead-letters it again rather than losing it.
+        """
+
+        async def work(tx: Tx) -> PathwayError | None:
+            error: PathwayError
+            try:
+                referral = service.authorise_provider(
+                    await self.repository.referral(parked["referral_id"], tx), parked["provider"]
+                )
+            except PathwayError as refused:
+                error = refused
+            else:
+                if referral is not None and not parked.get("refusing"):
+                    return None
+                error = Denied("no booking of the referral with this provider is known")
+            return error if await self.repository.claim_for_refusal(parked["_id"], tx) else None
+
+        return (await self.runtime.commit(work)).value
 
     async def refuse(
         self,

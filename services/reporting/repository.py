@@ -154,13 +154,28 @@ class ReportingRepository:
         await self.update_referral(tx, parked["referral_id"], {"has_parked": True})
 
     async def parked_for(self, referral_id: str) -> list[Document]:
-        cursor = self.parked.find({"referral_id": referral_id}).sort(
+        """Parked events still to apply (not those the sweep is refusing), oldest first."""
+        cursor = self.parked.find({"referral_id": referral_id, "refusing": {"$ne": True}}).sort(
             [("parked_at", ASCENDING), ("offset", ASCENDING)]
         )
         return [doc async for doc in cursor]
 
     async def delete_parked(self, parked_id: str, tx: Tx | None = None) -> None:
         await self.parked.delete_one({"_id": parked_id}, session=tx.session if tx else None)
+
+    async def take_parked(self, parked_id: str, tx: Tx) -> bool:
+        """Remove a parked event to apply it; False if the sweep has claimed it to refuse it."""
+        result = await self.parked.delete_one(
+            {"_id": parked_id, "refusing": {"$ne": True}}, session=tx.session
+        )
+        return result.deleted_count == 1
+
+    async def claim_for_refusal(self, parked_id: str, tx: Tx) -> bool:
+        """Mark a parked event as being refused, so that no release applies it meanwhile."""
+        result = await self.parked.update_one(
+            {"_id": parked_id}, {"$set": {"refusing": True}}, session=tx.session
+        )
+        return result.matched_count == 1
 
     async def clear_parked_flag(self, referral_id: str) -> None:
         """Drop the referral's flag once nothing of it is parked (checked again by the sweep)."""
