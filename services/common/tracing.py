@@ -1,14 +1,19 @@
-"""OpenTelemetry tracer provider per service (exporter configurable; none by default)."""
+"""OpenTelemetry tracer provider per service (exporter configurable; none by default), and
+traces kept with queued work so that background jobs continue them."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, get_current_span
 
 from services.common.settings import OtelSettings
 
@@ -65,3 +70,39 @@ def tracer_provider(
     for processor in extra_processors or []:
         provider.add_span_processor(processor)
     return provider
+
+
+def current_trace() -> dict[str, str]:
+    """The W3C trace context of the current span, to keep with work that is done later.
+
+    A job queued by a unit of work (a delivery, a deadline) stores it, so that the worker
+    doing the job continues the trace of the event that caused it (`continued_trace`).
+    Empty outside any span.
+    """
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextmanager
+def continued_trace(
+    tracer: Tracer,
+    name: str,
+    carrier: Mapping[str, str] | None,
+    *,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[Span]:
+    """A span for work done later, in the trace kept by `current_trace` when it was queued.
+
+    Events emitted inside it (`tx.emit`) carry that trace on. The span current when the work
+    starts (an HTTP call acting on the job, say) is linked rather than lost. Without a kept
+    trace the span continues whatever is current (a new trace in a background job).
+    """
+    kept = propagate.extract(dict(carrier or {}))
+    parent = kept if get_current_span(kept).get_span_context().is_valid else None
+    here = get_current_span().get_span_context()
+    links = [Link(here)] if parent is not None and here.is_valid else []
+    with tracer.start_as_current_span(
+        name, context=parent, kind=SpanKind.INTERNAL, attributes=attributes, links=links
+    ) as span:
+        yield span

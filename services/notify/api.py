@@ -21,7 +21,9 @@ from pathway_schemas.values import FindingFlag, PersonId
 from services.common.app import Runtime
 from services.common.auth import Principal, Role, require
 from services.common.errors import Denied, NotFound
+from services.common.tracing import continued_trace
 from services.notify.metrics import NotifyMetrics
+from services.notify.policy import version_id
 from services.notify.repository import NotifyRepository
 from services.notify.service import Acknowledgement, NotifyService
 
@@ -141,6 +143,7 @@ class AcknowledgementDesk:
         self.runtime = runtime
         self.service = service
         self.metrics = metrics
+        self.tracer = runtime.tracer_provider.get_tracer("pathway.notify.acknowledgement")
 
     async def acknowledge(
         self,
@@ -151,16 +154,25 @@ class AcknowledgementDesk:
         acknowledged_by: str,
         action: str,
     ) -> Acknowledgement:
-        outcome = await self.runtime.commit(
-            lambda tx: self.service.acknowledge(
-                tx,
-                practice_ods=practice_ods,
-                report_id=report_id,
-                addendum_id=addendum_id,
-                acknowledged_by=acknowledged_by,
-                action=action,
+        # The practice acknowledges later, in a call of its own: ReportAcknowledged joins the
+        # trace of the report it closes, and the call's span is linked to it.
+        version = await self.service.repository.version(version_id(report_id, addendum_id))
+        with continued_trace(
+            self.tracer,
+            "acknowledge report",
+            version.get("trace") if version else None,
+            attributes={"job.kind": "acknowledgement"},
+        ):
+            outcome = await self.runtime.commit(
+                lambda tx: self.service.acknowledge(
+                    tx,
+                    practice_ods=practice_ods,
+                    report_id=report_id,
+                    addendum_id=addendum_id,
+                    acknowledged_by=acknowledged_by,
+                    action=action,
+                )
             )
-        )
         ack = outcome.value
         assert ack is not None
         if not ack.already:

@@ -7,7 +7,8 @@ Collections:
   acknowledgement by the practice;
 - `deliveries` and `messages`: work queues of pushes to GP systems and of messages on the
   channels, written in the unit of work that decided them and worked by any replica
-  (claimed with a lease, so two replicas never attempt the same one at once);
+  (claimed with a lease, so two replicas never attempt the same one at once), each with the
+  trace of the event that queued it (`trace`, W3C headers), which its worker continues;
 - `alerts`: open alerts with their next escalation time, swept by any replica;
 - `inbox`: what the local practice inbox (the embedded stand-in GP system) received.
 """
@@ -22,6 +23,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.common.store import Tx
+from services.common.tracing import current_trace
 from services.notify.records import ReferralRecord, ReportRecord
 
 Document = dict[str, Any]
@@ -50,6 +52,8 @@ class JobQueue:
             "lease_owner": None,
             "last_error": None,
             "created_at": tx.now,
+            # The worker continues the trace of the event that queued the job.
+            "trace": current_trace(),
             **job,
         }
         job_id = fields.pop("_id")

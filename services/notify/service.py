@@ -39,6 +39,7 @@ from pathway_schemas.events import (
 from pathway_schemas.values import FindingFlag
 from services.common.errors import Denied, NotFound, Rejected
 from services.common.store import Tx
+from services.common.tracing import current_trace
 from services.notify import notices
 from services.notify.config import NotifyConfig, Rung
 from services.notify.notices import Draft
@@ -226,6 +227,8 @@ class NotifyService:
                 "acknowledged_by": None,
                 "action": "",
                 "history": [],
+                # The acknowledgement, whenever it comes, joins the trace of the report.
+                "trace": current_trace(),
             }
         await self.repository.put_version(tx, document)
 
@@ -258,6 +261,8 @@ class NotifyService:
             "state": "open",
             "raised_at": tx.now,
             "acknowledged_at": None,
+            # Each escalation continues the trace of the report that raised the alert.
+            "trace": current_trace(),
             **self._level_fields(level),
         }
         if not await self.repository.add_alert(tx, alert):

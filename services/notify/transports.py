@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from services.common.tracing import current_trace
 from services.notify import signing
 from services.notify.config import Practice
 
@@ -74,6 +75,8 @@ class HttpPushTransport:
             "Accept": "application/json",
             signing.DELIVERY_HEADER: payload.delivery_id,
             **signing.sign(secret, body, self.wall_time()),
+            # W3C trace context: a practice system that traces continues the report's trace.
+            **current_trace(),
         }
         try:
             response = await self.client.post(practice.endpoint, content=body, headers=headers)

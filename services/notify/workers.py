@@ -9,7 +9,8 @@ Each runs as a `runtime.background` job in every replica and keeps no state of i
   passed, and moves each one rung up with a conditional update on its current rung and a
   cause id per (alert, level): each level happens once, whichever replica gets there first.
 Slow or failing practice endpoints never hold up the Kafka consumer: the consumer only
-records that a delivery is due.
+records that a delivery is due. Each attempt and escalation is a span in the trace kept with
+its job or alert, so the events it emits stay in the trace of the report that caused them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx
 from services.common.app import Runtime
 from services.common.jobs import repeat
 from services.common.messaging import OUTAGE_ERRORS
+from services.common.tracing import continued_trace
 from services.notify import fhir
 from services.notify.channels import Channel, ChannelError, OutgoingMessage, Recipient
 from services.notify.config import NotifyConfig, PracticeDirectory
@@ -49,6 +51,7 @@ log = logging.getLogger("pathway.notify.workers")
 _GIVE_BACK: tuple[type[BaseException], ...] = (asyncio.CancelledError, *OUTAGE_ERRORS)
 
 Document = dict[str, Any]
+TRACER = "pathway.notify.workers"
 
 
 def worker_id() -> str:
@@ -91,6 +94,7 @@ class DeliveryWorker:
         self.concurrency = concurrency
         self.interval_s = interval_s
         self.transports: Mapping[str, ReportTransport] = transports or {}
+        self.tracer = runtime.tracer_provider.get_tracer(TRACER)
         self.wake = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -145,6 +149,12 @@ class DeliveryWorker:
         return receipt, transport.name
 
     async def attempt(self, job: Document) -> None:
+        with continued_trace(
+            self.tracer, "deliver report", job.get("trace"), attributes={"job.kind": "delivery"}
+        ):
+            await self._attempt(job)
+
+    async def _attempt(self, job: Document) -> None:
         attempts = int(job["attempts"]) + 1
         extra = {"referral_id": job["referral_id"]}
         try:
@@ -225,6 +235,7 @@ class MessageWorker:
         self.owner = owner
         self.lease = lease
         self.interval_s = interval_s
+        self.tracer = runtime.tracer_provider.get_tracer(TRACER)
         self.wake = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -269,6 +280,15 @@ class MessageWorker:
         )
 
     async def attempt(self, job: Document) -> None:
+        with continued_trace(
+            self.tracer,
+            "send message",
+            job.get("trace"),
+            attributes={"job.kind": "message", "message.channel": str(job["channel"])},
+        ):
+            await self._attempt(job)
+
+    async def _attempt(self, job: Document) -> None:
         attempts = int(job["attempts"]) + 1
         channel_name = job["channel"]
         channel = self.channels.get(channel_name)
@@ -344,6 +364,7 @@ class EscalationWorker:
         self.interval_s = interval_s
         self.gauges_interval_s = gauges_interval_s
         self.batch = batch
+        self.tracer = runtime.tracer_provider.get_tracer(TRACER)
         self.sweeps = 0  # completed sweeps: tests wait on it instead of sleeping
         self._gauges_at = 0.0
 
@@ -373,10 +394,16 @@ class EscalationWorker:
             return 0
         level = int(alert["level"]) + 1
         try:
-            outcome = await self.runtime.commit(
-                lambda tx: self.service.escalate(tx, alert),
-                cause_id=f"escalate:{alert['_id']}:{level}",
-            )
+            with continued_trace(
+                self.tracer,
+                "escalate alert",
+                alert.get("trace"),
+                attributes={"job.kind": "escalation", "alert.level": level},
+            ):
+                outcome = await self.runtime.commit(
+                    lambda tx: self.service.escalate(tx, alert),
+                    cause_id=f"escalate:{alert['_id']}:{level}",
+                )
         except LeaseLost:
             return 0  # acknowledged, or moved by another replica, since the sweep read it
         if outcome.duplicate:

@@ -39,6 +39,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         repository=repository,
         metrics=SchedulingMetrics(runtime.metrics.registry),
         attempts=settings.booking_attempts,
+        tracer=runtime.tracer_provider.get_tracer("pathway.scheduling.jobs"),
     )
     handlers.register(runtime, scheduler)
 

@@ -77,6 +77,10 @@ class ReferralRecord(BaseModel):
     deferrals: list[Deferral] = Field(default_factory=list)
     breach_recorded: bool = False
     ever_booked: bool = False
+    # W3C trace context of the unit of work that set `due_at` (`due_trace_at`): the deadline
+    # job continues that trace, so an automatic booking stays in the referral's trace.
+    due_trace: dict[str, str] = Field(default_factory=dict)
+    due_trace_at: AwareDatetime | None = None
 
     @property
     def pause(self) -> Pause:

@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from pathway_schemas.values import Modality, Priority
 from services.common.store import Tx
+from services.common.tracing import current_trace
 from services.scheduling.model import ReferralRecord, State
 from services.scheduling.registry import Provider
 from services.scheduling.slots import Slot
@@ -64,6 +65,9 @@ class BookingRepository:
 
     async def save(self, tx: Tx, record: ReferralRecord) -> None:
         """Write the record if nobody changed it since it was read (optimistic, by version)."""
+        if record.due_at is not None and record.due_trace_at != record.due_at:
+            record.due_trace = current_trace()
+            record.due_trace_at = record.due_at
         document = record.to_document()
         document["updated_at"] = tx.now
         if record.version == 0:

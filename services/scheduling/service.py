@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import Literal, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from pymongo.errors import DuplicateKeyError
 
 from pathway_schemas import topics
@@ -40,6 +42,7 @@ from pathway_schemas.values import FieldError, Modality, Priority
 from services.common.clock import Clock, WorkingCalendar, london_date
 from services.common.errors import Denied, Invalid, NotFound, PathwayError, Rejected
 from services.common.store import Outcome, Tx
+from services.common.tracing import continued_trace
 from services.scheduling.metrics import Effects, SchedulingMetrics
 from services.scheduling.model import OPEN_STATES, Deferral, ReferralRecord, State, WalkIn
 from services.scheduling.registry import Provider
@@ -88,8 +91,10 @@ class Scheduler:
         repository: BookingRepository,
         metrics: SchedulingMetrics,
         attempts: int = 10,
+        tracer: Tracer | None = None,
     ) -> None:
         self.commit = commit
+        self.tracer = tracer or trace.get_tracer("pathway.scheduling.jobs")
         self.clock = clock
         self.policy = policy
         self.repository = repository
@@ -726,11 +731,16 @@ class Scheduler:
             cause_id = (
                 f"due:{record.referral_id}:{record.due_at.isoformat() if record.due_at else ''}"
             )
+            kind = "walk_in_expiry" if record.state is State.WALK_IN else "choose_by_deadline"
             try:
-                await self.run(
-                    self._due_work(record.referral_id, record.state, record.due_at),
-                    cause_id=cause_id,
-                )
+                # In the trace of the work that set the deadline (the offers, the walk-in).
+                with continued_trace(
+                    self.tracer, "act on deadline", record.due_trace, attributes={"job.kind": kind}
+                ):
+                    await self.run(
+                        self._due_work(record.referral_id, record.state, record.due_at),
+                        cause_id=cause_id,
+                    )
             except (PathwayError, BookingContention) as error:
                 log.warning(
                     "deadline work not done: %s", error, extra={"referral_id": record.referral_id}

@@ -127,6 +127,15 @@ async def test_routine_ultrasound_is_booked_by_default_at_the_choose_by_deadline
     assert detail(final, BOOKED)["booked_by"] == "automatic"
     assert detail(final, SCHEDULED)["rule"] == "next_working_day"
     assert notices(final, PATIENT_NOTIFIED) == ["appointment_booked"]
+    # The deadline job booked in the trace of the acceptance that made the offers, and the
+    # patient was told in it.
+    trace_ids = {
+        hop: {e["trace_id"] for e in final["timeline"] if e["event_type"].endswith(hop)}
+        for hop in (ACCEPTED, OFFERED, BOOKED, PATIENT_NOTIFIED)
+    }
+    [accepted_trace] = trace_ids[ACCEPTED]
+    assert accepted_trace
+    assert trace_ids == {hop: {accepted_trace} for hop in trace_ids}
     assert final["state"] == "acknowledged"
     assert final["open"] is False
 

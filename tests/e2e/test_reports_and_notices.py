@@ -316,28 +316,38 @@ async def test_one_referrals_hops_share_one_trace_across_all_five_services(
     assert await eventually(spans_printed, timeout=30, what="spans of the trace in every log")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "notify's delivery and message workers commit ReportDelivered and PatientNotified "
-        "outside any span: the job does not keep the trace of the event that caused it"
-    ),
-)
-async def test_notify_workers_continue_the_trace_of_the_report_they_deliver(
+async def test_notify_workers_and_the_acknowledgement_continue_the_trace_of_the_referral(
     pathway: Pathway,
 ) -> None:
+    # Notify does this work later, outside the event that caused it: the delivery and message
+    # workers, the escalation sweep, and the practice's acknowledgement in a call of its own.
     referral_id, provider = await pathway.walk_in_examined("Cough for two months, ex-smoker")
     pathway.advance(timedelta(minutes=30))
-    await pathway.provider_report(referral_id, provider)
-    referral = await pathway.until_timeline(
-        referral_id, (ISSUED, DELIVERED, "notification.patient_notified.v1")
+    await pathway.provider_report(referral_id, provider, finding_flag="critical")
+    report_id = await pathway.report_id(referral_id, after=DELIVERED)
+    await pathway.until_event(referral_id, ALERT_RAISED)
+    pathway.advance(timedelta(minutes=61))
+    await pathway.until_event(referral_id, ALERT_ESCALATED)
+    await pathway.practice.acknowledge(report_id, by=REFERRER["A81001"], action="Seen same day")
+    hops = (
+        "referral.submitted.v1",
+        "booking.walk_in_authorised.v1",
+        "notification.patient_notified.v1",
+        ISSUED,
+        DELIVERED,
+        ALERT_RAISED,
+        ALERT_ESCALATED,
+        ACKNOWLEDGED,
     )
-    by_type = {
-        e["event_type"].removeprefix("uk.nhs.imaging."): e["trace_id"] for e in referral["timeline"]
-    }
-    assert by_type[DELIVERED] == by_type[ISSUED]
-    assert by_type["notification.patient_notified.v1"] == by_type["booking.walk_in_authorised.v1"]
+    referral = await pathway.until_timeline(referral_id, hops)
+    traces: dict[str, set[str]] = {}
+    for entry in referral["timeline"]:
+        traces.setdefault(entry["event_type"].removeprefix("uk.nhs.imaging."), set()).add(
+            entry["trace_id"]
+        )
+    [trace_id] = traces["referral.submitted.v1"]
+    assert trace_id
+    assert {hop: traces[hop] for hop in hops} == {hop: {trace_id} for hop in hops}
 
 
 async def test_notify_and_reporting_metrics_count_what_this_run_did(

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pathway_schemas import new_referral_id, topics
-from pathway_schemas.envelope import to_record
+from pathway_schemas.envelope import KafkaRecord, to_record
 from pathway_schemas.events import (
     AlertRaised,
     AppointmentBooked,
@@ -43,6 +43,27 @@ pytestmark = pytest.mark.integration
 
 OPERATOR = {"X-API-Key": "dev-operator"}
 SECRETS = {"A81001": b"test-secret-a81001", "B82002": b"test-secret-b82002"}
+# The W3C trace of the practice system's report and of the booking, as sent on their records.
+REPORT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+BOOKING_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def traceparent(trace_id: str) -> dict[str, str]:
+    return {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+def traced(reader: TopicReader, kind: type[Any]) -> list[tuple[Any, str | None]]:
+    """Events of a type, each with the trace id of its `traceparent` header."""
+    return [
+        (r.event, trace_id(r.envelope.trace.get("traceparent")))
+        for r in reader.events()
+        if isinstance(r.event, kind)
+    ]
 
 
 class PracticeEndpoint:
@@ -52,6 +73,7 @@ class PracticeEndpoint:
         self.ods = ods
         self.fail_first = fail_first
         self.requests: list[tuple[str, dict[str, Any], bool]] = []  # delivery id, body, signed
+        self.traces: list[str | None] = []
         self.receipts: dict[str, str] = {}
 
     async def receive(self, request: Request) -> JSONResponse:
@@ -63,12 +85,25 @@ class PracticeEndpoint:
             signed = False
         delivery = request.headers[signing.DELIVERY_HEADER]
         self.requests.append((delivery, json.loads(body), signed))
+        self.traces.append(trace_id(request.headers.get("traceparent")))
         if not signed:
             return JSONResponse({"detail": "bad signature"}, status_code=401)
         if len(self.requests) <= self.fail_first:
             return JSONResponse({"detail": "try later"}, status_code=503)
         receipt = self.receipts.setdefault(delivery, f"{self.ods}-receipt-{len(self.receipts) + 1}")
         return JSONResponse({"receipt_id": receipt}, status_code=201)
+
+
+async def send(kafka: str, record: KafkaRecord) -> None:
+    """Publish one record exactly as built (its id and trace headers)."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            record.topic, record.value, key=record.key, headers=list(record.headers)
+        )
+    finally:
+        await producer.stop()
 
 
 def receiver(*endpoints: PracticeEndpoint) -> FastAPI:
@@ -129,6 +164,9 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
             referral_id=ref_b, report_id="RPT-B", practice_ods="B82002", finding_flag="critical"
         )
         repeat_a = to_record(routine_a, topic=topics.REPORT, source="/tests")
+        traced_a = to_record(
+            routine_a, topic=topics.REPORT, source="/tests", trace=traceparent(REPORT_TRACE)
+        )
         submitted_a = referral_submitted(ref_a)
         async with (
             running_service(app) as notify,
@@ -137,18 +175,11 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
             # Known first, so that the delivery names the patient (topics are read side by side).
             await publish(kafka, [(submitted_a, topics.REFERRAL)])
             await wait_until(lambda: parts.repository.referral(ref_a), timeout=30)
-            await publish(kafka, [(routine_a, topics.REPORT)])
+            await send(kafka, traced_a)
             await publish(kafka, [(critical_b, topics.REPORT)])
             # The same report again: once under the same event id, once under a new one.
             await publish(kafka, [(routine_a, topics.REPORT)])
-            producer = AIOKafkaProducer(bootstrap_servers=kafka)
-            await producer.start()
-            try:
-                await producer.send_and_wait(
-                    repeat_a.topic, repeat_a.value, key=repeat_a.key, headers=list(repeat_a.headers)
-                )
-            finally:
-                await producer.stop()
+            await send(kafka, repeat_a)
 
             await reader.wait_for(
                 lambda _: bool(
@@ -176,6 +207,10 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
             assert resource["resourceType"] == "DiagnosticReport"
             assert resource["subject"]["identifier"]["system"] == fhir.NHS_NUMBER_SYSTEM
             assert fhir.identifiers_of(resource) == ("RPT-A", None, ref_a)
+            # The worker delivered in the trace of the report: every attempt told the practice
+            # system, and the receipt went on in it.
+            assert practice_a.traces == [REPORT_TRACE] * 3
+            assert [tid for _, tid in traced(reader, ReportDelivered)] == [REPORT_TRACE]
 
             failed = of_type(reader, ReportDeliveryFailed)
             assert [(f.report_id, f.attempts, f.error_class) for f in failed] == [
@@ -212,6 +247,11 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
             )
             redelivered = of_type(reader, ReportDelivered)[-1]
             assert (redelivered.report_id, redelivered.attempts) == ("RPT-B", 1)
+            # Given up and sent again, the report stays in the trace that issued it.
+            [(_, trace_b)] = traced(reader, AlertRaised)
+            assert trace_b not in (None, REPORT_TRACE)
+            assert [tid for _, tid in traced(reader, ReportDeliveryFailed)] == [trace_b]
+            assert traced(reader, ReportDelivered)[-1][1] == trace_b
             assert (
                 await notify.client.post(f"/deliveries/{stored['_id']}/redeliver", headers=OPERATOR)
             ).status_code == 409
@@ -251,10 +291,13 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
                 question="Any weight loss?",
                 decided_by="R1234",
             )
-            await publish(
+            await send(
                 kafka,
-                [(booked, topics.BOOKING), (returned, topics.VETTING), (queried, topics.VETTING)],
+                to_record(
+                    booked, topic=topics.BOOKING, source="/tests", trace=traceparent(BOOKING_TRACE)
+                ),
             )
+            await publish(kafka, [(returned, topics.VETTING), (queried, topics.VETTING)])
             await reader.wait_for(
                 lambda _: (
                     bool(of_type(reader, PatientNotified))
@@ -265,6 +308,8 @@ async def test_delivery_retries_to_a_receipt_fails_after_the_last_attempt_and_ca
             assert [
                 (n.referral_id, n.notice, n.channel) for n in of_type(reader, PatientNotified)
             ] == [(ref_a, "appointment_booked", "file")]
+            # The message worker told the patient in the trace of the booking.
+            assert [tid for _, tid in traced(reader, PatientNotified)] == [BOOKING_TRACE]
 
             async def query_tried() -> bool:
                 job = await parts.repository.messages.items.find_one(

@@ -83,6 +83,16 @@ async def sweeps_pass(app: FastAPI, reader: TopicReader, count: int = 2) -> None
     await reader.poll()
 
 
+def traced(reader: TopicReader, kind: type[Any]) -> list[tuple[Any, str | None]]:
+    """Events of a type, each with the trace id of its `traceparent` header."""
+    found = []
+    for received in reader.events():
+        if isinstance(received.event, kind):
+            parts = received.envelope.trace.get("traceparent", "").split("-")
+            found.append((received.event, parts[1] if len(parts) == 4 else None))
+    return found
+
+
 def escalations(reader: TopicReader) -> list[tuple[str, int, str]]:
     return [(e.alert_id, e.level, e.recipient_role) for e in of_type(reader, AlertEscalated)]
 
@@ -290,3 +300,29 @@ async def test_critical_alert_escalates_each_level_once_at_its_time_across_a_res
             metrics = (await client.get("/metrics")).text
             assert 'pathway_acknowledgement_seconds_count{finding_flag="critical"} 1.0' in metrics
             assert 'pathway_alerts_open{finding_flag="critical",level="2"} 0.0' in metrics
+
+            # Each report's hops stay in the trace of the event that issued it: the delivery
+            # and escalation workers (across the restart) and the practice's acknowledgements,
+            # which come later in calls of their own, continue it.
+            trace = {alert.alert_id: tid for alert, tid in traced(reader, AlertRaised)}
+            issued = {
+                ("RPT-1", None): trace[critical_alert],
+                ("RPT-2", None): trace[raised["RPT-2"].alert_id],
+                ("RPT-3", None): trace[unexpected_alert],
+                ("RPT-1", "ADD-1"): trace[addendum_alert.alert_id],
+            }
+            assert None not in issued.values()
+            assert len(set(issued.values())) == 4
+            assert {
+                (d.report_id, d.addendum_id): tid for d, tid in traced(reader, ReportDelivered)
+            } == issued
+            assert [(e.alert_id, tid) for e, tid in traced(reader, AlertEscalated)] == [
+                (critical_alert, issued["RPT-1", None]),
+                (critical_alert, issued["RPT-1", None]),
+                (unexpected_alert, issued["RPT-3", None]),
+            ]
+            assert [
+                ((a.report_id, a.addendum_id), tid) for a, tid in traced(reader, ReportAcknowledged)
+            ] == [
+                (key, issued[key]) for key in (("RPT-2", None), ("RPT-1", None), ("RPT-1", "ADD-1"))
+            ]

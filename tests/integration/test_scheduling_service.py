@@ -72,6 +72,19 @@ class Timeline:
     def of(self, kind: type[Any], referral_id: str) -> list[Any]:
         return [e for _, e in self.all() if isinstance(e, kind) and e.referral_id == referral_id]
 
+    def traces(self, kind: type[Any], referral_id: str) -> list[str | None]:
+        """The trace id (W3C `traceparent`) of each event of a type for a referral."""
+        found = []
+        for record in self.reader.records:
+            if record.topic == topics.dead_letter("scheduling"):
+                continue
+            received = from_record(record.headers, record.value, topic=record.topic)
+            event = received.event
+            if isinstance(event, kind) and getattr(event, "referral_id", None) == referral_id:
+                parts = received.envelope.trace.get("traceparent", "").split("-")
+                found.append(parts[1] if len(parts) == 4 else None)
+        return found
+
     async def wait(self, kind: type[Any], referral_id: str, count: int = 1) -> list[Any]:
         await self.reader.wait_for(
             lambda _: len(self.of(kind, referral_id)) >= count, what=f"{count} {kind.__name__}"
@@ -129,6 +142,12 @@ async def test_offers_choice_default_and_walk_in_reach_only_the_assigned_provide
             lambda _: len(timeline.of(ProviderOrderBooked, waits.referral_id)) == 1,
             what="the default's order",
         )
+        # The deadline job booked in the trace of the acceptance that made the offers.
+        [offers_trace] = set(timeline.traces(AppointmentsOffered, waits.referral_id))
+        assert offers_trace is not None
+        assert offers_trace not in timeline.traces(AppointmentsOffered, chooses.referral_id)
+        assert set(timeline.traces(AppointmentBooked, waits.referral_id)) == {offers_trace}
+        assert set(timeline.traces(ProviderOrderBooked, waits.referral_id)) == {offers_trace}
 
         orders = [(t, e) for t, e in timeline.all() if t in OUTBOUND]
         assigned = {
