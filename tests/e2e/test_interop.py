@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import hl7  # type: ignore[import-untyped]
+import hl7
 import httpx
 import nhs_number
 import pytest
