@@ -293,6 +293,8 @@ class ProviderSystem:
     ods: str
     bootstrap: str
     source: str = ""
+    #: how long a fetch may wait for records (the embedded broker does not answer early)
+    fetch_max_wait_ms: int = 500
     orders: dict[str, list[Received]] = field(default_factory=dict)
     _order_trace: dict[str, dict[str, str]] = field(default_factory=dict)
     _producer: Any = None
@@ -306,7 +308,9 @@ class ProviderSystem:
         await self._producer.start()
         # No consumer group: the provider reads its whole outbound topic from the start.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         await self._consumer.start()
         topic = topics.provider_outbound(self.ods)

@@ -1,0 +1,5 @@
+"""The request service with a shortened consumer fetch wait (see benchmarks.tuned)."""
+
+from benchmarks.tuned import run
+
+run("request")
