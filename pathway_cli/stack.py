@@ -121,6 +121,8 @@ def service_env(
         f"{p}MONGO__DATABASE": database or service_spec(name).default_database,
         f"{p}HTTP__PORT": str(port),
         f"{p}HTTP__HOST": host,
+        # The embedded broker holds a waiting fetch to its end even when records arrive.
+        f"{p}KAFKA__FETCH_MAX_WAIT_MS": "50",
     }
 
 

@@ -287,6 +287,7 @@ class Consumer:
             auto_offset_reset="earliest",
             session_timeout_ms=self.kafka.session_timeout_ms,
             max_poll_interval_ms=self.kafka.max_poll_interval_ms,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
             title=f"{self.service}:{','.join(topic_names)}",
             parser=_tolerant_parser,
             decoder=_raw_body,

@@ -24,6 +24,9 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     graceful_timeout_s: float = Field(default=15.0, gt=0)
+    # How long a fetch waits for records. The embedded broker does not answer a waiting fetch
+    # when a record arrives, so every hop would wait this long: keep it short there.
+    fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
 
 
 class MongoSettings(BaseModel):

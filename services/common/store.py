@@ -177,7 +177,9 @@ def _outbox_document(record: KafkaRecord, moment: datetime) -> Document:
         "key": record.key,
         "value": record.value,
         "headers": [[k, v] for k, v in record.headers],
-        "created_at": moment,
+        # Wall time, not the service clock: the relay's "left behind" test is about real
+        # seconds, and a simulated clock may stand anywhere.
+        "created_at": datetime.now(UTC),
     }
 
 
