@@ -159,7 +159,7 @@ async def test_submission_is_validated_advised_idempotent_and_flags_duplicates(
             assert back.json()["guidance"]["rule_id"] == "example-lumbar-xr-back-pain"
             assert any(w.startswith("Guidance (not_indicated)") for w in back.json()["warnings"])
 
-            await reader.wait_for(lambda rs: len(rs) >= 4, what="four submissions")
+            await reader.wait_for(lambda _: len(reader.events()) >= 4, what="four submissions")
             published = {
                 e.event.referral_id: e.event
                 for e in reader.events()

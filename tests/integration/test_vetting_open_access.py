@@ -31,7 +31,7 @@ async def test_open_access_accepts_plain_xray_unless_guidance_or_a_duplicate_say
     app = create_app(service_settings(Settings, "vetting"), clock=clock)
     async with running_service(app) as svc, TopicReader(kafka, topics.VETTING) as reader:
         await publish(kafka, [(e, topics.REFERRAL) for e in (chest, *queued)])
-        await reader.wait_for(lambda records: len(records) >= 5, what="five vetting events")
+        await reader.wait_for(lambda _: len(reader.events()) >= 5, what="five vetting events")
 
         events = {r.envelope.subject: r.event for r in reader.events()}
         accepted = events[chest.referral_id]

@@ -60,7 +60,11 @@ async def worklist_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
 
 
 def of_type(reader: TopicReader, cls: type[Any], referral_id: str) -> list[Any]:
-    return [r.event for r in reader.events() if isinstance(r.event, cls) and r.event.referral_id == referral_id]
+    return [
+        r.event
+        for r in reader.events()
+        if isinstance(r.event, cls) and r.event.referral_id == referral_id
+    ]
 
 
 async def test_clinicians_decide_through_return_and_query_loops_and_cancellation(
@@ -86,9 +90,12 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
         as_operator = (await client.get("/worklist", headers=OPERATOR)).json()["items"]
         assert len(as_operator) == 3
         assert all(i["nhs_number"] is None for i in as_operator)
-        assert svc.runtime.metrics.registry.get_sample_value(
-            "pathway_authz_denied_total", {"service": "vetting", "channel": "http"}
-        ) == 3
+        assert (
+            svc.runtime.metrics.registry.get_sample_value(
+                "pathway_authz_denied_total", {"service": "vetting", "channel": "http"}
+            )
+            == 3
+        )
 
         # An ionising examination is not accepted without a justifying practitioner.
         refused = await client.post(url, json={"protocol": "CT chest"}, headers=CLINICIAN)
@@ -108,7 +115,13 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
         await publish(kafka, [(amended(returned, occurred_at=clock.now()), topics.REFERRAL)])
         await eventually(state_is(client, returned.referral_id, "waiting"), "amended back")
         item = (await client.get(f"/worklist/{returned.referral_id}", headers=CLINICIAN)).json()
-        assert [h["kind"] for h in item["history"]] == ["submitted", "queued", "returned", "amended", "queued"]
+        assert [h["kind"] for h in item["history"]] == [
+            "submitted",
+            "queued",
+            "returned",
+            "amended",
+            "queued",
+        ]
         assert item["history"][2]["note"] == "Please add the smoking history"
         assert item["history"][2]["by"] == "dr.vetting"
         ok = await client.post(url, json=ACCEPT, headers=CLINICIAN)
@@ -116,7 +129,9 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
 
         # Query -> answer -> accept.
         asked = await client.post(
-            f"/worklist/{queried.referral_id}/query", json={"question": "Any weight loss?"}, headers=CLINICIAN
+            f"/worklist/{queried.referral_id}/query",
+            json={"question": "Any weight loss?"},
+            headers=CLINICIAN,
         )
         assert asked.status_code == 200, asked.text
         query_id = asked.json()["query_id"]
@@ -131,10 +146,14 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
         await publish(kafka, [(answer, topics.REFERRAL)])
         await eventually(state_is(client, queried.referral_id, "waiting"), "answered back")
         item = (await client.get(f"/worklist/{queried.referral_id}", headers=CLINICIAN)).json()
-        trail = [(h["kind"], h["note"]) for h in item["history"] if h["kind"] in ("queried", "answered")]
+        trail = [
+            (h["kind"], h["note"]) for h in item["history"] if h["kind"] in ("queried", "answered")
+        ]
         assert trail == [("queried", "Any weight loss?"), ("answered", "Yes, 5 kg in two months")]
         clock.advance(timedelta(minutes=30))
-        ok = await client.post(f"/worklist/{queried.referral_id}/accept", json=ACCEPT, headers=CLINICIAN)
+        ok = await client.post(
+            f"/worklist/{queried.referral_id}/accept", json=ACCEPT, headers=CLINICIAN
+        )
         assert ok.status_code == 200, ok.text
 
         # A cancelled referral leaves the worklist and takes no decision.
@@ -147,16 +166,26 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
         await publish(kafka, [(cancel, topics.REFERRAL)])
         await eventually(state_is(client, cancelled.referral_id, "cancelled"), "cancelled")
         assert await worklist_ids(client) == []
-        late = await client.post(f"/worklist/{cancelled.referral_id}/accept", json=ACCEPT, headers=CLINICIAN)
+        late = await client.post(
+            f"/worklist/{cancelled.referral_id}/accept", json=ACCEPT, headers=CLINICIAN
+        )
         assert late.status_code == 409
         assert late.json()["state"] == "cancelled"
 
-        await reader.wait_for(lambda rs: len(rs) >= 8, what="queued x4, returned, queried, accepted x2")
+        await reader.wait_for(
+            lambda _: (
+                len(of_type(reader, VettingAccepted, queried.referral_id)) >= 1
+                and len(of_type(reader, VettingAccepted, returned.referral_id)) >= 1
+            ),
+            what="both acceptances",
+        )
         assert len(of_type(reader, VettingReturned, returned.referral_id)) == 1
         (acceptance,) = of_type(reader, VettingAccepted, returned.referral_id)
         assert acceptance.referral_received_at == T0
         assert acceptance.justified_by == "RAD0001"
-        assert [q.query_id for q in of_type(reader, VettingQueried, queried.referral_id)] == [query_id]
+        assert [q.query_id for q in of_type(reader, VettingQueried, queried.referral_id)] == [
+            query_id
+        ]
         assert len(of_type(reader, VettingAccepted, queried.referral_id)) == 1
         assert of_type(reader, VettingAccepted, cancelled.referral_id) == []
         registry = svc.runtime.metrics.registry
@@ -165,15 +194,25 @@ async def test_clinicians_decide_through_return_and_query_loops_and_cancellation
             assert registry.get_sample_value("pathway_events_published_total", published) == count
 
         # Vetting time runs from entry to decision: two hours for the return.
-        assert registry.get_sample_value(
-            "pathway_vetting_seconds_sum", {"priority": "routine", "outcome": "returned"}
-        ) == 2 * 3600
-        assert registry.get_sample_value(
-            "pathway_vetting_decisions_total", {"outcome": "returned", "reason": "insufficient_information"}
-        ) == 1
-        assert registry.get_sample_value(
-            "pathway_vetting_decisions_total", {"outcome": "queried", "reason": "query"}
-        ) == 1
+        assert (
+            registry.get_sample_value(
+                "pathway_vetting_seconds_sum", {"priority": "routine", "outcome": "returned"}
+            )
+            == 2 * 3600
+        )
+        assert (
+            registry.get_sample_value(
+                "pathway_vetting_decisions_total",
+                {"outcome": "returned", "reason": "insufficient_information"},
+            )
+            == 1
+        )
+        assert (
+            registry.get_sample_value(
+                "pathway_vetting_decisions_total", {"outcome": "queried", "reason": "query"}
+            )
+            == 1
+        )
 
 
 async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_order(
@@ -196,10 +235,16 @@ async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_ord
         await publish(kafka, [(e, topics.REFERRAL) for e in reversed(everything)])
         await eventually(count_is(client, 6), "six referrals on the worklist")
 
-        ids = [e.referral_id for e in (urgent_old, urgent_new, routine_oldest, raced, keyed, routine_us)]
+        ids = [
+            e.referral_id
+            for e in (urgent_old, urgent_new, routine_oldest, raced, keyed, routine_us)
+        ]
         assert await worklist_ids(client) == ids
         assert await worklist_ids(client, priority="urgent") == ids[:2]
-        assert await worklist_ids(client, modality="US") == [urgent_new.referral_id, routine_us.referral_id]
+        assert await worklist_ids(client, modality="US") == [
+            urgent_new.referral_id,
+            routine_us.referral_id,
+        ]
         waited = [urgent_old.referral_id, routine_oldest.referral_id, raced.referral_id]
         assert await worklist_ids(client, min_age_minutes=170) == waited
         assert await worklist_ids(client, limit=1) == ids[:1]
@@ -214,15 +259,18 @@ async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_ord
             return value
 
         await wait_until(
-            lambda: gauge("pathway_vetting_worklist_open", "urgent") == 2
-            and gauge("pathway_vetting_worklist_oldest_seconds", "routine") == 28 * 3600,
+            lambda: (
+                gauge("pathway_vetting_worklist_open", "urgent") == 2
+                and gauge("pathway_vetting_worklist_oldest_seconds", "routine") == 28 * 3600
+            ),
             message="worklist gauges",
         )
         assert gauge("pathway_vetting_worklist_open", "routine") == 4
         assert gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 4 * 3600
         clock.advance(timedelta(hours=1))
         await wait_until(
-            lambda: gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 5 * 3600, message="ageing"
+            lambda: gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 5 * 3600,
+            message="ageing",
         )
 
         # Two clinicians accept at once without a key: one decision, the other sees it.
@@ -231,7 +279,10 @@ async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_ord
             client.post(f"/worklist/{raced.referral_id}/accept", json=body, headers=CLINICIAN),
             client.post(f"/worklist/{raced.referral_id}/accept", json=body, headers=CLINICIAN),
         )
-        assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
+        assert sorted([first.status_code, second.status_code]) == [200, 409], (
+            first.text,
+            second.text,
+        )
         winner, loser = (first, second) if first.status_code == 200 else (second, first)
         assert loser.json()["decision"] == winner.json()
         assert loser.json()["state"] == "accepted"
@@ -250,18 +301,28 @@ async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_ord
         assert again.status_code == 409
         assert again.json()["decision"] == once.json()
 
-        unknown = await client.post("/worklist/ref_" + "0" * 32 + "/accept", json=body, headers=CLINICIAN)
+        unknown = await client.post(
+            "/worklist/ref_" + "0" * 32 + "/accept", json=body, headers=CLINICIAN
+        )
         assert unknown.status_code == 404
         bad_reason = {"reason": "bored", "advice": "x"}
-        bad = await client.post(f"/worklist/{urgent_new.referral_id}/return", json=bad_reason, headers=CLINICIAN)
+        bad = await client.post(
+            f"/worklist/{urgent_new.referral_id}/return", json=bad_reason, headers=CLINICIAN
+        )
         assert bad.status_code == 422
 
-        await reader.wait_for(lambda rs: len(rs) >= 8, what="six queued and two accepted")
+        await reader.wait_for(
+            lambda _: all(of_type(reader, VettingAccepted, r.referral_id) for r in (raced, keyed)),
+            what="both acceptances",
+        )
         await eventually(count_is(client, 4), "decided items off the worklist")
         for referral in (raced, keyed):
             assert len(of_type(reader, VettingAccepted, referral.referral_id)) == 1
         published = {"service": "vetting", "event_type": VettingAccepted.event_type}
         assert registry.get_sample_value("pathway_events_published_total", published) == 2
-        assert registry.get_sample_value(
-            "pathway_vetting_decisions_total", {"outcome": "accepted", "reason": "clinician"}
-        ) == 2
+        assert (
+            registry.get_sample_value(
+                "pathway_vetting_decisions_total", {"outcome": "accepted", "reason": "clinician"}
+            )
+            == 2
+        )
