@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -462,7 +461,3 @@ def timeline_types(referral: Json) -> list[str]:
         entry["event_type"].removeprefix("uk.nhs.imaging.")
         for entry in referral.get("timeline", [])
     ]
-
-
-def at(moment: datetime) -> str:
-    return moment.isoformat()

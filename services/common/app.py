@@ -62,7 +62,6 @@ class Runtime:
         default_factory=list
     )
     draining: bool = False
-    emitted: dict[str, list[type[PathwayEvent]]] = field(default_factory=dict)
 
     async def commit(
         self, work: Callable[[Tx], Awaitable[T]], *, cause_id: str | None = None
@@ -85,7 +84,6 @@ class Runtime:
             schema=payload,
             description="; ".join(e.event_type for e in events),
         )
-        self.emitted.setdefault(topic, []).extend(events)
 
     def config_path(self, name: str) -> Path:
         return self.settings.config_dir / name
