@@ -258,15 +258,17 @@ async def test_a_double_decision_yields_one_event_and_the_worklist_keeps_its_ord
             value: float | None = registry.get_sample_value(name, {"priority": priority})
             return value
 
+        # The gauges are sampled on a timer, so an earlier sample (taken while the six were
+        # still arriving) may be on show: wait for one sample showing all four figures.
         await wait_until(
             lambda: (
                 gauge("pathway_vetting_worklist_open", "urgent") == 2
+                and gauge("pathway_vetting_worklist_open", "routine") == 4
+                and gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 4 * 3600
                 and gauge("pathway_vetting_worklist_oldest_seconds", "routine") == 28 * 3600
             ),
             message="worklist gauges",
         )
-        assert gauge("pathway_vetting_worklist_open", "routine") == 4
-        assert gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 4 * 3600
         clock.advance(timedelta(hours=1))
         await wait_until(
             lambda: gauge("pathway_vetting_worklist_oldest_seconds", "urgent") == 5 * 3600,
