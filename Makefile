@@ -14,7 +14,7 @@ PYTHON ?= $(shell \
 TYPED_DIRS := $(shell for d in schemas services pathway_cli tests benchmarks; do \
 	[ -n "$$(find $$d -name '*.py' 2>/dev/null | head -1)" ] && echo $$d; done)
 
-.PHONY: help install run test lint typecheck pytest format format-check contracts benchmark clean
+.PHONY: help install run test lint typecheck pytest format contracts benchmark clean
 
 help:
 	@echo "make run      start broker, store and the five services (pathway up)"
@@ -42,13 +42,10 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
 	$(BIN)/ruff format .
-
-# Not yet part of `make test`: add it to `lint` once every file is formatted.
-format-check: $(STAMP)
-	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy $(TYPED_DIRS)

@@ -43,7 +43,9 @@ def service_settings(kafka: str, mongo_url: str, isolated_names: Any) -> Setting
 
     def make(settings_class: type[S], service: str, **overrides: Any) -> S:
         values: dict[str, Any] = {
-            "kafka": KafkaSettings(bootstrap_servers=kafka, session_timeout_ms=6000, fetch_max_wait_ms=50),
+            "kafka": KafkaSettings(
+                bootstrap_servers=kafka, session_timeout_ms=6000, fetch_max_wait_ms=50
+            ),
             "mongo": MongoSettings(
                 url=mongo_url, database=isolated_names.database(f"imaging_{service}")
             ),

@@ -129,7 +129,9 @@ def _check_exam_code(value: str) -> str:
     code = value.strip().upper()
     if code not in CATALOGUE:
         # The message names no value: it may travel to dead letters and intake replies.
-        raise ValueError("not in the examination catalogue; see pathway_schemas.catalogue for the codes")
+        raise ValueError(
+            "not in the examination catalogue; see pathway_schemas.catalogue for the codes"
+        )
     return code
 
 

@@ -324,11 +324,15 @@ async def committed_offsets(
     bootstrap: str, group: str, topic_names: Iterable[str]
 ) -> dict[TopicPartition, tuple[int, int]]:
     """(committed, end) per partition, read without joining the group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(t, p) for t in topic_names for p in consumer.partitions_for_topic(t) or ()
+            TopicPartition(t, p)
+            for t in topic_names
+            for p in consumer.partitions_for_topic(t) or ()
         ]
         ends = await consumer.end_offsets(partitions)
         return {tp: (await consumer.committed(tp) or 0, end) for tp, end in ends.items()}

@@ -321,7 +321,9 @@ class Load:
             self.at_least(self.system.now() + timedelta(minutes=5))
         now = self.system.now()
         await self._send(
-            provider, ProviderPatientArrived(referral_id=rid, occurred_at=now, site_id=site), "arrived"
+            provider,
+            ProviderPatientArrived(referral_id=rid, occurred_at=now, site_id=site),
+            "arrived",
         )
         study = StudyReference(
             study_instance_uid=f"1.2.826.0.1.3680043.{uuid.uuid4().int % 10**12}",

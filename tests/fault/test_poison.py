@@ -92,7 +92,11 @@ async def _publish_to_every_partition(
             for partition in sorted(await producer.partitions_for(topic)):
                 record = sentinel(topic)
                 meta = await producer.send_and_wait(
-                    topic, record.value, key=record.key, headers=list(record.headers), partition=partition
+                    topic,
+                    record.value,
+                    key=record.key,
+                    headers=list(record.headers),
+                    partition=partition,
                 )
                 placed[(topic, partition, meta.offset)] = record
     finally:
@@ -103,11 +107,15 @@ async def _publish_to_every_partition(
 async def _lag(bootstrap: str, group: str, topic_names: list[str]) -> int:
     """Records on these topics the group has not committed yet."""
     # Reads the group's commits without joining it (no subscription).
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(t, p) for t in topic_names for p in consumer.partitions_for_topic(t) or ()
+            TopicPartition(t, p)
+            for t in topic_names
+            for p in consumer.partitions_for_topic(t) or ()
         ]
         ends = await consumer.end_offsets(partitions)
         lag = 0
@@ -138,7 +146,9 @@ async def test_hostile_records_on_every_topic_are_dead_lettered_and_partitions_k
                 await asyncio.gather(
                     *(
                         stack.enter_async_context(
-                            running_service(_app(name, service_settings, tmp_path), ready_timeout=90)
+                            running_service(
+                                _app(name, service_settings, tmp_path), ready_timeout=90
+                            )
                         )
                         for name in SERVICES
                     )
@@ -159,7 +169,9 @@ async def test_hostile_records_on_every_topic_are_dead_lettered_and_partitions_k
                 assert time.monotonic() < deadline, f"{name} is stuck: {lag} records uncommitted"
                 await asyncio.sleep(0.5)
         letters = await read_topics(kafka, [topics.dead_letter(name) for name in SERVICES])
-        ready = {name: (await svc.client.get("/readyz")).status_code for name, svc in running.items()}
+        ready = {
+            name: (await svc.client.get("/readyz")).status_code for name, svc in running.items()
+        }
 
         refused: dict[str, Counter[Coordinate]] = defaultdict(Counter)
         reasons: dict[str, Counter[str]] = defaultdict(Counter)

@@ -88,9 +88,7 @@ async def test_republishing_the_event_log_whole_and_in_duplicated_prefixes_chang
     inbound = [topics.provider_inbound(code) for code in feed.providers.systems]
     outbound = [topics.provider_outbound(code) for code in feed.providers.systems]
     log = await read_topics(system.bootstrap, [*topics.CANONICAL, *inbound])
-    referral_ids = sorted(
-        {r.header("ce_subject") or "" for r in log if r.topic == topics.REFERRAL}
-    )
+    referral_ids = sorted({r.header("ce_subject") or "" for r in log if r.topic == topics.REFERRAL})
     before = await snapshot(system, http, referral_ids)
     orders_before = len(await read_topics(system.bootstrap, outbound))
     ids_before = Counter(r.header("ce_id") for r in log if r.topic in topics.CANONICAL)

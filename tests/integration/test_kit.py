@@ -45,7 +45,9 @@ async def test_event_is_consumed_applied_once_and_poison_is_dead_lettered(
         await producer.start()
         try:
             for _ in range(2):  # a redelivery: must change nothing
-                await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+                await producer.send_and_wait(
+                    record.topic, record.value, key=record.key, headers=list(record.headers)
+                )
             await producer.send_and_wait(topics.REFERRAL, b"{not json", key=b"junk", headers=[])
         finally:
             await producer.stop()

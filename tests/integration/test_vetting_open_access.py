@@ -22,7 +22,9 @@ async def test_open_access_accepts_plain_xray_unless_guidance_or_a_duplicate_say
 ) -> None:
     clock = FixedClock(T0 + timedelta(minutes=10))
     chest = submitted("XCHES", priority="urgent", occurred_at=T0)
-    not_indicated = submitted("XCHES", guidance={"outcome": "not_indicated", "rule_id": "EX-CHEST-1"})
+    not_indicated = submitted(
+        "XCHES", guidance={"outcome": "not_indicated", "rule_id": "EX-CHEST-1"}
+    )
     specialist = submitted("XKNEL", guidance={"outcome": "specialist_only"})
     duplicate = submitted("XKNER", duplicate_of=(new_referral_id(),))
     not_listed = submitted("CCHES")
@@ -36,10 +38,18 @@ async def test_open_access_accepts_plain_xray_unless_guidance_or_a_duplicate_say
         events = {r.envelope.subject: r.event for r in reader.events()}
         accepted = events[chest.referral_id]
         assert isinstance(accepted, VettingAccepted)
-        assert (accepted.automatic, accepted.walk_in_allowed, accepted.decided_by) == (True, True, "open-access-rule")
+        assert (accepted.automatic, accepted.walk_in_allowed, accepted.decided_by) == (
+            True,
+            True,
+            "open-access-rule",
+        )
         assert accepted.referral_received_at == chest.occurred_at
         assert accepted.occurred_at == clock.now()
-        assert (accepted.priority, accepted.modality, accepted.examination_code) == ("urgent", "XR", "XCHES")
+        assert (accepted.priority, accepted.modality, accepted.examination_code) == (
+            "urgent",
+            "XR",
+            "XCHES",
+        )
         assert accepted.nhs_number == chest.nhs_number
         assert accepted.practice_ods == chest.practice_ods
         assert all(isinstance(events[e.referral_id], VettingQueued) for e in queued)
@@ -65,18 +75,23 @@ async def test_open_access_accepts_plain_xray_unless_guidance_or_a_duplicate_say
         labels = {"outcome": "accepted", "reason": "open_access"}
         assert registry.get_sample_value("pathway_vetting_decisions_total", labels) == 1
         # Ten minutes from submission to the rule's decision: the consumer's lag counts as vetting time.
-        assert registry.get_sample_value(
-            "pathway_vetting_seconds_sum", {"priority": "urgent", "outcome": "accepted"}
-        ) == 600
+        assert (
+            registry.get_sample_value(
+                "pathway_vetting_seconds_sum", {"priority": "urgent", "outcome": "accepted"}
+            )
+            == 600
+        )
 
         # The same submission published again (under a new event id) changes nothing.
         await publish(kafka, [(chest, topics.REFERRAL)])
         await wait_until(
-            lambda: registry.get_sample_value(
-                "pathway_events_handled_total",
-                {"service": "vetting", "event_type": chest.event_type, "outcome": "applied"},
-            )
-            == 6,
+            lambda: (
+                registry.get_sample_value(
+                    "pathway_events_handled_total",
+                    {"service": "vetting", "event_type": chest.event_type, "outcome": "applied"},
+                )
+                == 6
+            ),
             message="the redelivery handled",
         )
         assert registry.get_sample_value("pathway_vetting_decisions_total", labels) == 1

@@ -166,7 +166,8 @@ def test_the_same_input_rules_as_post_referrals_apply_and_never_echo_the_value(
     error = refused(resource, 422)
     assert expression in issues_of(error)
     assert all(
-        value not in json.dumps(kit_fhir.operation_outcome(error.issues)) for value in changes.values()
+        value not in json.dumps(kit_fhir.operation_outcome(error.issues))
+        for value in changes.values()
     )
 
 

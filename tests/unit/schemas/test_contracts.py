@@ -24,7 +24,9 @@ def test_committed_json_schemas_and_asyncapi_documents_match_the_code() -> None:
 
 
 def committed(event_type: str) -> dict[str, object]:
-    loaded: dict[str, object] = json.loads((contracts.SCHEMA_DIR / f"{event_type}.json").read_text())
+    loaded: dict[str, object] = json.loads(
+        (contracts.SCHEMA_DIR / f"{event_type}.json").read_text()
+    )
     return loaded
 
 
@@ -66,7 +68,11 @@ def test_the_schemas_package_installs_alone_with_only_pydantic_and_nhs_number(
     """`pip install ./schemas` in an empty virtual environment pulls in nothing else."""
     source = tmp_path / "schemas"
     # Build from a copy, so the build leaves nothing in the working tree.
-    shutil.copytree(REPO / "schemas", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        REPO / "schemas",
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = venv / "bin" / "pip"

@@ -110,7 +110,9 @@ def test_nothing_passes_when_open_access_is_off() -> None:
 
 
 def test_every_reason_a_person_must_vet_is_given() -> None:
-    event = submitted("XABDO", guidance={"outcome": "not_indicated"}, duplicate_of=(new_referral_id(),))
+    event = submitted(
+        "XABDO", guidance={"outcome": "not_indicated"}, duplicate_of=(new_referral_id(),)
+    )
     verdict = triage(ReferralFacts.of(event), OPEN_ACCESS)
     assert verdict.why == (
         "not an open-access examination; guidance: not indicated; possible duplicate of an earlier referral"
@@ -129,11 +131,18 @@ XRAY_CODES = sorted(code for code, exam in CATALOGUE.items() if exam.modality ==
     seen=st.booleans(),
 )
 def test_open_access_accepts_exactly_the_listed_plain_xray_that_nothing_flags(
-    code: str, outcome: GuidanceOutcome, duplicates: int, enabled: bool, listed: set[str], seen: bool
+    code: str,
+    outcome: GuidanceOutcome,
+    duplicates: int,
+    enabled: bool,
+    listed: set[str],
+    seen: bool,
 ) -> None:
     policy = OpenAccessPolicy(enabled=enabled, examination_codes=tuple(sorted(listed)))
     event = submitted(
-        code, guidance={"outcome": outcome}, duplicate_of=tuple(new_referral_id() for _ in range(duplicates))
+        code,
+        guidance={"outcome": outcome},
+        duplicate_of=tuple(new_referral_id() for _ in range(duplicates)),
     )
 
     verdict = triage(ReferralFacts.of(event), policy, seen_by_clinician=seen)

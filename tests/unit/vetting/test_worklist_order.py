@@ -63,7 +63,9 @@ def test_urgent_items_come_first_then_the_longest_waiting(worklist: list[Worklis
 
 
 @given(items)
-def test_the_order_does_not_depend_on_the_order_items_arrived_in(worklist: list[WorklistItem]) -> None:
+def test_the_order_does_not_depend_on_the_order_items_arrived_in(
+    worklist: list[WorklistItem],
+) -> None:
     assert sorted(worklist, key=worklist_order) == sorted(reversed(worklist), key=worklist_order)
 
 
@@ -107,7 +109,10 @@ def test_a_decision_records_vetting_time_by_confirmed_priority_and_outcome() -> 
     assert sample(registry, "pathway_vetting_seconds_sum", **labels) == 26 * 3600
     assert sample(registry, "pathway_vetting_seconds_bucket", **labels, le="86400.0") == 0
     assert sample(registry, "pathway_vetting_seconds_bucket", **labels, le="172800.0") == 1
-    assert sample(registry, "pathway_vetting_decisions_total", outcome="accepted", reason="clinician") == 1
+    assert (
+        sample(registry, "pathway_vetting_decisions_total", outcome="accepted", reason="clinician")
+        == 1
+    )
 
 
 def test_returns_are_counted_by_reason_and_open_access_by_its_own_reason() -> None:
@@ -127,7 +132,22 @@ def test_returns_are_counted_by_reason_and_open_access_by_its_own_reason() -> No
     metrics.record(automatic)
     metrics.record(None)
 
-    assert sample(registry, "pathway_vetting_decisions_total", outcome="returned", reason="not_indicated") == 1
-    assert sample(registry, "pathway_vetting_decisions_total", outcome="accepted", reason="open_access") == 1
-    assert sample(registry, "pathway_vetting_seconds_sum", priority="routine", outcome="returned") == 600
-    assert sample(registry, "pathway_vetting_seconds_sum", priority="routine", outcome="accepted") == 0
+    assert (
+        sample(
+            registry, "pathway_vetting_decisions_total", outcome="returned", reason="not_indicated"
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry, "pathway_vetting_decisions_total", outcome="accepted", reason="open_access"
+        )
+        == 1
+    )
+    assert (
+        sample(registry, "pathway_vetting_seconds_sum", priority="routine", outcome="returned")
+        == 600
+    )
+    assert (
+        sample(registry, "pathway_vetting_seconds_sum", priority="routine", outcome="accepted") == 0
+    )
