@@ -172,6 +172,9 @@ def http_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(*OUTAGE_ERRORS):
+                # Else the relay publishes them again after a restart (harmless repeats).
+                await runtime.outbox.sweep()
             await runtime.store.client.close()
             runtime.tracer_provider.shutdown()
             log.info("stopped")

@@ -55,6 +55,8 @@ MAX_DEAD_LETTER_VALUE = 512 * 1024
 RELAY_BATCH = 200
 
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+# Published outbox entries are deleted in batches of at most this many (or at each relay pass).
+SWEEP_BATCH = 100
     ConnectionFailure,
     AutoReconnect,
     ServerSelectionTimeoutError,
@@ -134,7 +136,11 @@ class Outbox:
         self.service = service
 
     async def flush(self, outcome: Outcome[Any]) -> None:
-        """Publish a committed unit of work's events in order, then clear them from the outbox."""
+        # Ids of entries published in line and not yet deleted. Deleting them in batches
+        # saves a store round trip per unit of work; one left behind by a crash is
+        # published again by the relay, which consumers drop as a repeat (by event id).
+        self.published: list[str] = []
+        """Publish a committed unit of work's events in order; they are cleared in batches."""
         if not outcome.records:
             return
         try:
@@ -144,25 +150,42 @@ class Outbox:
             self.metrics.publish_errors.labels(self.service).inc()
             log.warning("publish failed; events stay in the outbox for the relay")
             return
-        ids = [dict(r.headers)["ce_id"].decode() for r in outcome.records]
-        await self.store.db[OUTBOX].delete_many({"_id": {"$in": ids}})
+        self.published.extend(dict(r.headers)["ce_id"].decode() for r in outcome.records)
+        if len(self.published) >= SWEEP_BATCH:
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Delete the entries published so far, in one command."""
+        if not self.published:
+            return
+        ids, self.published = self.published, []
+        try:
+            await self.store.db[OUTBOX].delete_many({"_id": {"$in": ids}})
+        except BaseException:
+            self.published = ids + self.published
+            raise
 
     async def relay_once(self, older_than_s: float = 10.0, limit: int = RELAY_BATCH) -> int:
         """Publish outbox entries older than a moment (so in-line flushes go first); oldest first."""
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
         backlog = await self.store.db[OUTBOX].count_documents({})
+        # Swept first, so that nothing published in line is counted or published again.
+        await self.sweep()
         self.metrics.outbox_backlog.labels(self.service).set(backlog)
         if not backlog:
             return 0
-        sent = 0
         cursor = (
             self.store.db[OUTBOX].find({"created_at": {"$lt": cutoff}}).sort("seq", 1).limit(limit)
         )
-        async for document in cursor:
-            await self.publisher.publish(record_from_outbox(document))
-            await self.store.db[OUTBOX].delete_one({"_id": document["_id"]})
-            sent += 1
-        return sent
+        sent: list[str] = []
+        try:
+            async for document in cursor:
+                await self.publisher.publish(record_from_outbox(document))
+                sent.append(document["_id"])
+        finally:
+            if sent:
+                await self.store.db[OUTBOX].delete_many({"_id": {"$in": sent}})
+        return len(sent)
 
     async def step(self) -> bool:
         """One relay pass; True while a full batch shows more are waiting."""

@@ -16,12 +16,16 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from services.common.store import Tx
 from services.request.service import EarlierReferral
 from services.request.timeline import Projection, TimelineEntry
 
 Document = dict[str, Any]
+
+# Moved on by every write of a referral document: the optimistic check of timeline writes.
+REVISION = "rev"
 
 # The duplicate check reads at most this many earlier referrals for one patient and examination.
 DUPLICATE_LOOKBACK = 100
@@ -94,17 +98,34 @@ class ReferralRepository:
         await self.referrals.insert_one(document, session=tx.session)
 
     async def update(self, tx: Tx, referral_id: str, fields: Document) -> None:
-        await self.referrals.update_one({"_id": referral_id}, {"$set": fields}, session=tx.session)
+        # Every write moves the revision on, so that a timeline write (outside any
+        # transaction) never overwrites a change it did not read.
+        await self.referrals.update_one(
+            {"_id": referral_id}, {"$set": fields, "$inc": {REVISION: 1}}, session=tx.session
+        )
 
     async def save_timeline(
-        self, tx: Tx, referral_id: str, timeline: Sequence[TimelineEntry], projection: Projection
-    ) -> None:
-        await self.referrals.update_one(
-            {"_id": referral_id},
-            {"$set": {**projection_fields(timeline, projection), "updated_at": tx.now}},
-            upsert=True,
-            session=tx.session,
+        self,
+        referral_id: str,
+        read: Document | None,
+        timeline: Sequence[TimelineEntry],
+        projection: Projection,
+        now: datetime,
+    ) -> bool:
+        """Write the timeline if the document is still as `read`; False when it changed."""
+        fields = {**projection_fields(timeline, projection), "updated_at": now}
+        if read is None:
+            try:
+                await self.referrals.insert_one({"_id": referral_id, REVISION: 1, **fields})
+            except DuplicateKeyError:
+                return False
+            return True
+        # A missing revision (a document written before revisions) matches None.
+        result = await self.referrals.update_one(
+            {"_id": referral_id, REVISION: read.get(REVISION)},
+            {"$set": fields, "$inc": {REVISION: 1}},
         )
+        return result.matched_count == 1
 
     async def page(self, query: PageQuery) -> list[Document]:
         """One page of referrals, newest first, without their timelines."""

@@ -209,7 +209,12 @@ async def test_hostile_records_on_every_topic_are_dead_lettered_and_partitions_k
                 db = running[name].runtime.store.db
                 if topic == topics.REFERRAL_INTAKE:
                     assert attributes["ce_subject"] in accepted, f"{coordinate} was not answered"
-                elif name == "request" or topics.provider_of_topic(topic):
+                elif name == "request":
+                    # Its timeline is its record of what it applied (no processed marks).
+                    on_timeline = {"timeline.event_id": attributes["ce_id"]}
+                    done = await db["referrals"].find_one(on_timeline)
+                    assert done is not None or refused[name][coordinate] == 1, (name, coordinate)
+                elif topics.provider_of_topic(topic):
                     done = await db[PROCESSED].find_one({"_id": attributes["ce_id"]})
                     assert done is not None or refused[name][coordinate] == 1, (name, coordinate)
 

@@ -3,7 +3,8 @@
 Each service in turn gets SIGTERM while referrals flow through it. It must exit by itself
 within its grace period (not be killed), and at that moment every record its consumer group
 has committed on a topic must have been applied (its event id is in the service's
-processed marks) unless the service does not handle that event type. After a restart the
+processed marks, or on the request service's timeline) unless the service does not handle
+that event type. After a restart the
 referrals all finish, with nothing lost and nothing applied twice.
 """
 
@@ -90,7 +91,16 @@ async def unfinished_commits(system: System, service: str) -> list[str]:
             if record.topic == topics.REFERRAL_INTAKE:
                 continue
             event_id = record.header("ce_id")
-            if await processed.find_one({"_id": event_id}) is None:
+            # The request service's timeline is its own record of what it applied (one
+            # document per referral, idempotent by event id, no processed marks).
+            applied = (
+                await client[f"imaging_{service}"]["referrals"].find_one(
+                    {"timeline.event_id": event_id}
+                )
+                if service == "request"
+                else await processed.find_one({"_id": event_id})
+            )
+            if applied is None:
                 wrong.append(f"{record.topic}/{record.partition}@{record.offset} {event_type}")
         return wrong
     finally:
