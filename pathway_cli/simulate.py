@@ -60,7 +60,7 @@ from pathway_cli.actors import (
     VettingClinician,
 )
 from pathway_cli.audit.export import write_jsonl
-from pathway_cli.audit.source import EventBatch, read_kafka
+from pathway_cli.audit.source import EventBatch, partition_reader, read_kafka, read_to_end
 from pathway_cli.system import REPO, System, running_system
 from pathway_schemas import topics
 from pathway_schemas.catalogue import CATALOGUE
@@ -626,32 +626,28 @@ class Settler:
     async def tail(self, topic_names: Sequence[str]) -> list[tuple[Received, str]]:
         """Events past the end offsets the broker reports, with their topics.
 
-        The embedded broker (Tansu 0.6) can leave a partition's reported end one record
-        short after concurrent writes, until the next write to it; a reader that stops at
-        the reported end misses that record. This reads on from there until nothing comes.
+        The embedded broker reports a partition's end as its last batch's base offset plus
+        one, so a reader that stops there misses the rest of that batch; `read_kafka` reads
+        on by itself (`read_to_end`), so this is only for a reader that stops at the ends.
         """
         wanted = [tp for tp in self._partitions if tp.topic in set(topic_names)]
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-        )
-        await reader.start()
         found: list[tuple[Received, str]] = []
+
+        def take(record: Any) -> None:
+            with contextlib.suppress(InvalidEvent):
+                received = from_record(record.headers, record.value, topic=record.topic)
+                found.append((received, record.topic))
+
+        consumer = partition_reader(self.bootstrap)
+        await consumer.start()
         try:
-            ends = await reader.end_offsets(wanted)
-            reader.assign(wanted)
+            consumer.assign(wanted)
+            ends = await consumer.end_offsets(wanted)
             for tp in wanted:
-                reader.seek(tp, ends[tp])
-            quiet = 0
-            while quiet < 3:
-                batch = await reader.getmany(timeout_ms=100)
-                records = [r for part in batch.values() for r in part]
-                quiet = 0 if records else quiet + 1
-                for record in records:
-                    with contextlib.suppress(InvalidEvent):
-                        received = from_record(record.headers, record.value, topic=record.topic)
-                        found.append((received, record.topic))
+                consumer.seek(tp, ends[tp])
+            await read_to_end(consumer, wanted, take)
         finally:
-            await reader.stop()
+            await consumer.stop()
         return found
 
     async def end_offsets(self) -> dict[str, int]:
@@ -1528,18 +1524,6 @@ async def simulate_month(
             stats = await simulation.run()
         events_file = out / "events.jsonl"
         batch = await read_kafka(system.bootstrap)
-        probe = Settler(system.bootstrap, (), topics.CANONICAL)
-        await probe.start()
-        try:
-            tail = await probe.tail(topics.CANONICAL)
-        finally:
-            await probe.stop()
-        batch.events += [received for received, _ in tail]
-        batch.origin.update({received.envelope.id: topic for received, topic in tail})
-        if tail:
-            batch.remarks.append(
-                f"{len(tail)} events past the broker's reported end offsets read as well"
-            )
         count = write_jsonl(batch.events, events_file, batch.origin)
     rows = summarise(batch.events)
     result = SimulationResult(events_file, count, rows, stats, profile(plan), batch)

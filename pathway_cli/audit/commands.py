@@ -17,7 +17,7 @@ from pathway_cli.audit.compute import AuditError, compute_audit
 from pathway_cli.audit.export import export_events as export_to_file
 from pathway_cli.audit.render import describe_window, write_all
 from pathway_cli.audit.source import EventBatch, SourceError, read_jsonl, read_kafka
-from pathway_cli.stack import DEFAULT_BROKER_PORT, DEFAULT_PROVIDERS_FILE, DEFAULT_VAR_DIR, LOOPBACK
+from pathway_cli.stack import DEFAULT_BROKER_PORT, DEFAULT_VAR_DIR, LOOPBACK
 from services.common.clock import LONDON
 
 DEFAULT_BOOTSTRAP = f"{LOOPBACK}:{DEFAULT_BROKER_PORT}"
@@ -75,8 +75,12 @@ def audit(
         Path, typer.Option(help="Folder for the CSV, JSON and HTML files.")
     ] = DEFAULT_OUT,
     providers: Annotated[
-        Path, typer.Option(help="Provider registry, for slot capacity.")
-    ] = DEFAULT_PROVIDERS_FILE,
+        Path | None,
+        typer.Option(
+            help="Provider registry, for slot capacity (default: the scheduling service's "
+            "file, config/providers.json unless SCHEDULING_CONFIG_DIR says otherwise)."
+        ),
+    ] = None,
 ) -> None:
     """The rolling audit over a window, as CSV, JSON and an HTML report.
 

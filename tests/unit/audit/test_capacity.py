@@ -1,4 +1,4 @@
-"""Slot capacity is read defensively from the providers file and counted in London time."""
+"""Slot capacity is the scheduling service's: its providers file, its policy, its slot engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pathway_cli.audit.capacity import load_providers, parse_providers
+from pathway_schemas.values import Modality
+from services.scheduling.settings import SchedulingPolicy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -42,7 +46,9 @@ def test_a_missing_or_broken_file_is_a_problem_not_a_crash(tmp_path: Path) -> No
     broken = tmp_path / "providers.json"
     broken.write_text("{not json")
     assert "could not be read" in load_providers(broken).problems[0]
-    assert parse_providers([1, 2]).problems == ("the file has no 'providers' list",)
+    refused = parse_providers([1, 2])
+    assert not refused.has_capacity
+    assert "would refuse" in refused.problems[0]
 
 
 def test_default_hours_give_the_brief_s_opening_times() -> None:
@@ -85,7 +91,7 @@ def test_closures_bank_holidays_and_suspended_providers_offer_no_slots() -> None
             {"from": "2026-03-12", "modalities": ["US"]},
         ],
         closed_on_bank_holidays=True,
-        modalities=["XR", "US"],
+        modalities={"XR": {}, "US": {}},
     )
     config = parse_providers(one_provider(closed))
     week = config.capacity(
@@ -102,18 +108,90 @@ def test_closures_bank_holidays_and_suspended_providers_offer_no_slots() -> None
     assert not suspended.has_capacity
 
 
-def test_unusable_entries_are_skipped_with_a_reason(tmp_path: Path) -> None:
+def test_a_file_the_scheduling_service_would_refuse_offers_no_slots_and_says_why(
+    tmp_path: Path,
+) -> None:
     raw = one_provider(
         site(),
         site(id="bad-hours", opening_hours={"mon": [{"open": "18:00", "close": "08:00"}]}),
         site(id="bad-modality", modalities={"PET": {}}),
-        {"name": "no id"},
     )
-    raw["providers"].append({"name": "no ods"})
+    raw["providers"].append({"ods": "NWX02", "name": "Northway", "sites": [{"name": "no id"}]})
     path = tmp_path / "providers.json"
     path.write_text(json.dumps(raw))
     config = load_providers(path)
-    assert [t.site for t in config.templates] == ["riverside-main"]
-    assert len(config.problems) == 4
-    assert any("closes before it opens" in p for p in config.problems)
-    assert any("unknown modality" in p for p in config.problems)
+    assert not config.has_capacity
+    assert (
+        config.capacity(datetime(2026, 3, 9, tzinfo=UTC), datetime(2026, 3, 10, tzinfo=UTC)) == {}
+    )
+    assert config.names == {"RXA01": "Riverside Imaging", "NWX02": "Northway"}
+    problems = " | ".join(config.problems)
+    assert "close must be later" in problems
+    assert "providers.0.sites.2.modalities.PET" in problems
+    assert "providers.1.sites.0.id" in problems
+
+
+ALL_TEN_MINUTES = {m.value: 10 for m in Modality}
+
+
+def test_slot_lengths_come_from_the_scheduling_policy_unless_the_site_sets_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "providers.json"
+    path.write_text(
+        json.dumps(one_provider(site(modalities={"XR": {}, "CT": {"slot_minutes": 60}})))
+    )
+    monday = (datetime(2026, 3, 8, 23, tzinfo=UTC), datetime(2026, 3, 9, 23, tzinfo=UTC))
+    # As the service reads it: SCHEDULING_POLICY__SLOT_MINUTES, every modality's length.
+    monkeypatch.setenv(
+        "SCHEDULING_POLICY__SLOT_MINUTES", json.dumps({**ALL_TEN_MINUTES, "XR": 15, "CT": 5})
+    )
+    assert load_providers(path).capacity(*monday) == {
+        ("RXA01", "riverside-main", "XR"): 48,  # 12 hours of 15 minutes
+        ("RXA01", "riverside-main", "CT"): 12,  # the site's own 60 minutes win
+    }
+    monkeypatch.delenv("SCHEDULING_POLICY__SLOT_MINUTES")
+    assert load_providers(path).capacity(*monday)[("RXA01", "riverside-main", "XR")] == 72
+
+
+def test_policy_keys_in_the_providers_file_are_ignored_as_the_service_ignores_them() -> None:
+    raw = {**one_provider(site()), "slot_minutes": {"XR": 30}, "bank_holiday_nation": "SCT"}
+    # 2 January 2026 is a bank holiday in Scotland only; the service's nation is England's.
+    day = (datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 2, 23, tzinfo=UTC))
+    closed = site(closed_on_bank_holidays=True)
+    assert parse_providers(raw).capacity(*day) == {("RXA01", "riverside-main", "XR"): 72}
+    scottish = SchedulingPolicy(bank_holiday_nation="SCT")
+    assert parse_providers(one_provider(closed), scottish).capacity(*day) == {
+        ("RXA01", "riverside-main", "XR"): 0
+    }
+    assert (
+        "scheduling policy"
+        in parse_providers(raw, SchedulingPolicy(bank_holiday_nation="XX")).problems[0]
+    )
+
+
+def test_slots_on_the_nights_the_clocks_change_are_counted_in_elapsed_time() -> None:
+    night = {"sun": [{"open": "00:00", "close": "04:00"}]}
+    config = parse_providers(one_provider(site(opening_hours=night)))
+    spring = config.capacity(
+        datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 3, 29, 4, tzinfo=UTC)
+    )
+    autumn = config.capacity(
+        datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 25, 5, tzinfo=UTC)
+    )
+    # Four hours on the clock: three hours elapsed in spring, five in autumn.
+    assert spring == {("RXA01", "riverside-main", "XR"): 18}
+    assert autumn == {("RXA01", "riverside-main", "XR"): 30}
+
+
+def test_with_no_file_named_the_audit_reads_the_scheduling_service_s_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SCHEDULING_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("SCHEDULING_PROVIDERS_FILE", "registry.json")
+    (tmp_path / "registry.json").write_text(json.dumps(one_provider(site())))
+    assert load_providers().names == {"RXA01": "Riverside Imaging"}
+    monkeypatch.setenv("SCHEDULING_POLICY__SLOT_MINUTES", '{"XR": 1}')
+    refused = load_providers()
+    assert not refused.has_capacity
+    assert "slot_minutes has no length for US" in refused.problems[0]

@@ -6,11 +6,14 @@ Window: 30 London days back from 00:00 UTC on 10 April 2026 (01:00 BST), that is
 
 from __future__ import annotations
 
+import copy
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from pathway_cli.audit.capacity import parse_providers
+from pathway_cli.audit.capacity import load_providers, parse_providers
 from pathway_cli.audit.compute import (
     ALL,
     Audit,
@@ -19,6 +22,7 @@ from pathway_cli.audit.compute import (
     compute_audit,
     nearest_rank,
 )
+from pathway_schemas.values import Modality
 from tests.unit.audit import scenario as sc
 
 DAY_HOURS = 24.0
@@ -269,3 +273,29 @@ def test_nearest_rank_takes_the_ceil_q_n_th_smallest() -> None:
     assert nearest_rank([4.0, 1.0, 3.0, 2.0], 0.5) == 2.0
     assert nearest_rank([4.0, 1.0, 3.0, 2.0], 0.9) == 4.0
     assert nearest_rank([5.0], 0.0) == 5.0
+
+
+def test_a_non_default_slot_length_in_the_scheduling_policy_changes_utilisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scenario's registry with Riverside X-ray's own 60-minute length taken out, so that
+    # the length the scheduling service applies is its policy's.
+    raw = copy.deepcopy(sc.PROVIDERS_FILE)
+    del raw["providers"][0]["sites"][0]["modalities"]["XR"]["slot_minutes"]
+    path = tmp_path / "providers.json"
+    path.write_text(json.dumps(raw))
+
+    def riverside() -> dict[str, str | int | float | None]:
+        audit = compute_audit(sc.scenario(), until=sc.UNTIL, providers=load_providers(path))
+        return audit.tables["utilisation"].row(provider=sc.RXA, site=sc.RIVERSIDE, modality="XR")
+
+    # The policy's default of 10 minutes: 12 slots in each 09:00-11:00 session, 20 open days.
+    monkeypatch.delenv("SCHEDULING_POLICY__SLOT_MINUTES", raising=False)
+    default = riverside()
+    assert (default["booked_slots"], default["capacity_slots"]) == (4, 240)
+    assert default["utilisation"] == pytest.approx(4 / 240)
+    lengths = {m.value: 10 for m in Modality} | {"XR": 20}
+    monkeypatch.setenv("SCHEDULING_POLICY__SLOT_MINUTES", json.dumps(lengths))
+    longer = riverside()
+    assert (longer["booked_slots"], longer["capacity_slots"]) == (4, 120)
+    assert longer["utilisation"] == pytest.approx(4 / 120)
