@@ -22,6 +22,7 @@ from services.common.app import Runtime
 from services.common.auth import Principal, Role, require
 from services.common.errors import NotFound
 from services.common.store import Tx
+from services.common.tracing import continued_trace
 from services.vetting import service
 from services.vetting.metrics import VettingMetrics
 from services.vetting.repository import ConcurrentChange, WorklistRepository
@@ -171,6 +172,7 @@ def worklist_router(
     runtime: Runtime, repository: WorklistRepository, policy: VettingPolicy, metrics: VettingMetrics
 ) -> APIRouter:
     router = APIRouter(prefix="/worklist", tags=["worklist"])
+    tracer = runtime.tracer_provider.get_tracer("pathway.vetting.decision")
     decision_responses: dict[int | str, dict[str, object]] = {
         404: {"description": "No such referral in vetting"},
         409: {"model": ConflictView, "description": "Not waiting: already decided, or cancelled"},
@@ -224,15 +226,23 @@ def worklist_router(
             return await repository.record(tx, rule(item, tx.now), previous=item)
 
         cause = f"vetting-decision:{referral_id}:{key}" if key else None
-        try:
-            result = await runtime.commit(work, cause_id=cause)
-        except NotWaiting as refused:
-            return _conflict(referral_id, refused.message, refused.state, refused.decision)
-        except ConcurrentChange:
-            current = await repository.load(referral_id)
-            assert current is not None
-            message = "another decision was made at the same moment"
-            return _conflict(referral_id, message, current.state, current.decision)
+        # The decision, and the event it emits, join the trace of the referral's submission;
+        # this call's own span is linked to it.
+        with continued_trace(
+            tracer,
+            "vetting decision",
+            await repository.trace_of(referral_id),
+            attributes={"job.kind": "vetting_decision", "vetting.outcome": outcome.value},
+        ):
+            try:
+                result = await runtime.commit(work, cause_id=cause)
+            except NotWaiting as refused:
+                return _conflict(referral_id, refused.message, refused.state, refused.decision)
+            except ConcurrentChange:
+                current = await repository.load(referral_id)
+                assert current is not None
+                message = "another decision was made at the same moment"
+                return _conflict(referral_id, message, current.state, current.decision)
         if result.duplicate:
             return await _replay(referral_id, key, outcome)
         assert result.value is not None

@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from pathway_schemas.values import Modality, Priority
 from services.common.store import Tx
+from services.common.tracing import current_trace
 from services.vetting.service import RANK, State, Step, WorklistItem
 
 Document = dict[str, Any]
@@ -62,7 +63,12 @@ class WorklistRepository:
     async def save(
         self, tx: Tx, item: WorklistItem, *, previous: WorklistItem | None
     ) -> WorklistItem:
-        """Insert a new item, or replace `previous` only if nobody changed it since it was read."""
+        """Insert a new item, or replace `previous` only if nobody changed it since it was read.
+
+        The trace of the first event to store the item is kept with it (`trace_of`).
+        """
+        if previous is None or not previous.trace:
+            item = item.model_copy(update={"trace": current_trace()})
         if previous is None:
             stored = item.model_copy(update={"version": 1})
             await self.items.insert_one(to_document(stored), session=tx.session)
@@ -83,6 +89,11 @@ class WorklistRepository:
         for event in step.events:
             tx.emit(event)
         return Step(item=stored, events=step.events, decision=step.decision)
+
+    async def trace_of(self, referral_id: str) -> dict[str, str] | None:
+        """The trace kept with an item, for a decision to continue (None: no such item)."""
+        document = await self.items.find_one({"_id": referral_id}, projection={"trace": 1})
+        return dict(document.get("trace") or {}) if document else None
 
     async def waiting(
         self,

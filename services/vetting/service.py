@@ -237,6 +237,9 @@ class WorklistItem(_Model):
     open_query_id: str | None = None
     decision: Decision | None = None
     history: tuple[HistoryEntry, ...] = ()
+    # W3C trace context of the event that brought the referral to vetting: a clinician's
+    # decision, made later in an HTTP call of its own, continues the referral's trace.
+    trace: dict[str, str] = Field(default_factory=dict)
     version: int = 0
 
     @property

@@ -127,15 +127,15 @@ async def test_routine_ultrasound_is_booked_by_default_at_the_choose_by_deadline
     assert detail(final, BOOKED)["booked_by"] == "automatic"
     assert detail(final, SCHEDULED)["rule"] == "next_working_day"
     assert notices(final, PATIENT_NOTIFIED) == ["appointment_booked"]
-    # The deadline job booked in the trace of the acceptance that made the offers, and the
-    # patient was told in it.
+    # One trace from the submission: the clinician's acceptance over HTTP continued it, the
+    # deadline job booked in it, and the patient was told in it.
     trace_ids = {
         hop: {e["trace_id"] for e in final["timeline"] if e["event_type"].endswith(hop)}
-        for hop in (ACCEPTED, OFFERED, BOOKED, PATIENT_NOTIFIED)
+        for hop in (SUBMITTED, QUEUED, ACCEPTED, OFFERED, BOOKED, PATIENT_NOTIFIED)
     }
-    [accepted_trace] = trace_ids[ACCEPTED]
-    assert accepted_trace
-    assert trace_ids == {hop: {accepted_trace} for hop in trace_ids}
+    [submitted_trace] = trace_ids[SUBMITTED]
+    assert submitted_trace
+    assert trace_ids == {hop: {submitted_trace} for hop in trace_ids}
     assert final["state"] == "acknowledged"
     assert final["open"] is False
 
