@@ -7,6 +7,7 @@ the package that provides it (.ci/run installs them all).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -33,6 +34,8 @@ RULES_FILE = MONITORING / "alerts.yaml"
 RULE_TESTS = sorted((MONITORING / "tests").glob("*.yaml"))
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "imaging-pathway.json"
 COMPOSE = ROOT / "compose.yaml"
+HL7_CODE = ROOT / "pathway_cli" / "hl7"
+GATEWAY_DOCKERFILE = HL7_CODE / "Dockerfile"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 
@@ -60,8 +63,12 @@ def tool(name: str) -> str:
     return found
 
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+def run(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def load_yaml(path: Path) -> Any:
@@ -217,8 +224,121 @@ CORE_KINDS = frozenset(
         "NetworkPolicy",
         "ConfigMap",
         "Secret",
+        "PersistentVolumeClaim",
     }
 )
+
+# Deployments by what they run: the five services, and the HL7 gateways (one per provider).
+SERVICE_COMPONENT = "backend"
+GATEWAY_COMPONENT = "hl7-gateway"
+
+
+def deployments(built: Built, component: str) -> dict[str, Doc]:
+    return {
+        d["metadata"]["name"]: d
+        for d in built.of_kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    }
+
+
+def container_env(built: Built, container: Doc) -> dict[str, str]:
+    """The environment a container starts with: its ConfigMaps (prefixed), then its `env`.
+
+    A value taken from a Secret stands as `<secret NAME/KEY>`: the manifests hold none.
+    """
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        data = built.one("ConfigMap", source["configMapRef"]["name"]).get("data", {})
+        env.update({source.get("prefix", "") + key: value for key, value in data.items()})
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), str(item["value"])
+            )
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = f"<secret {ref['name']}/{ref['key']}>"
+    return env
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+# --------------------------------------------------------------------------- the HL7 gateway
+
+
+@dataclass(frozen=True)
+class GatewayKafkaUse:
+    """Which `pathway_schemas.topics` names (functions or constants) the gateway's code
+    reads and writes."""
+
+    reads: frozenset[str]
+    writes: frozenset[str]
+    referenced: frozenset[str]  # anywhere in pathway_cli/hl7
+    consumer_group: bool
+
+
+def _topic_functions(node: ast.AST) -> set[str]:
+    return {
+        n.attr
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "topics"
+    }
+
+
+def _called(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def gateway_kafka_use(gateway_source: str | None = None) -> GatewayKafkaUse:
+    """Read from the gateway's code, so that its KafkaUser follows the code, not a copied list.
+
+    Written: the `topic=` of every `to_record(...)` (the only way it builds a record). Read:
+    the topics named in the function that assigns (or subscribes) its consumer. A consumer
+    group: `AIOKafkaConsumer(group_id=...)` other than None.
+    """
+    source = gateway_source or (HL7_CODE / "gateway.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    writes: set[str] = set()
+    reads: set[str] = set()
+    group = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _called(node) == "to_record":
+            for keyword in node.keywords:
+                if keyword.arg == "topic":
+                    writes |= _topic_functions(keyword.value)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+            isinstance(call, ast.Call) and _called(call) in ("assign", "subscribe")
+            for call in ast.walk(node)
+        ):
+            reads |= _topic_functions(node)
+        if isinstance(node, ast.Call) and _called(node) == "AIOKafkaConsumer":
+            group_id = next((k.value for k in node.keywords if k.arg == "group_id"), None)
+            group = not (isinstance(group_id, ast.Constant) and group_id.value is None)
+    referenced = set(_topic_functions(tree))
+    for path in sorted(HL7_CODE.glob("*.py")):
+        if path.name != "gateway.py":
+            referenced |= _topic_functions(ast.parse(path.read_text(encoding="utf-8")))
+    return GatewayKafkaUse(frozenset(reads), frozenset(writes), frozenset(referenced), group)
+
+
+def _topic(name: str, provider: str) -> str:
+    """A topic the code names: a constant of `topics`, or a function of the provider's code."""
+    value = getattr(topics, name)
+    return str(value(provider) if callable(value) else value)
+
+
+def gateway_topic_acls(provider: str, use: GatewayKafkaUse | None = None) -> dict[str, set[str]]:
+    """The topic operations a provider's gateway needs, from what its code does."""
+    use = use or gateway_kafka_use()
+    acls: dict[str, set[str]] = {}
+    for name in use.reads:
+        acls.setdefault(_topic(name, provider), set()).update({"Read", "Describe"})
+    for name in use.writes:
+        acls.setdefault(_topic(name, provider), set()).update({"Write", "Describe"})
+    return acls
 
 
 def env_literals(kustomization: Path, generator: str) -> dict[str, str]:
@@ -239,6 +359,11 @@ def compose() -> Doc:
 
 def dockerfile(service: str) -> str:
     return (ROOT / "services" / service / "Dockerfile").read_text(encoding="utf-8")
+
+
+def compose_value(value: object) -> str:
+    """A compose environment value with `${NAME:-default}` taken at its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
 
 
 def final_stage(text: str) -> str:

@@ -129,6 +129,7 @@ def test_dockerfile_is_multi_stage_pinned_non_root_and_health_checked(service: s
 
 def test_dockerfiles_pass_hadolint() -> None:
     files = [str(m.ROOT / "services" / s / "Dockerfile") for s in topics.SERVICES]
+    files.append(str(m.GATEWAY_DOCKERFILE))
     result = m.run(m.tool("hadolint"), *files)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -136,7 +137,7 @@ def test_dockerfiles_pass_hadolint() -> None:
 def test_dockerignore_keeps_the_context_to_what_images_copy() -> None:
     lines = (m.ROOT / ".dockerignore").read_text().splitlines()
     assert "**" in lines
-    assert {"!schemas/", "!pyproject.toml", "!services/"} <= set(lines)
+    assert {"!schemas/", "!pyproject.toml", "!services/", "!pathway_cli/"} <= set(lines)
 
 
 def test_dashboard_shows_flow_waits_share_backlog_dead_letters_and_lag() -> None:

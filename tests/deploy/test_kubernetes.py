@@ -4,6 +4,7 @@ hardened (probes, resources, security contexts, labels)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from pathway_schemas import topics
+from services.notify.settings import Settings as NotifySettings
 from tests.deploy import manifests as m
 
 Doc = dict[str, Any]
@@ -145,7 +147,16 @@ def test_each_service_user_reads_and_writes_exactly_its_topics() -> None:
         assert [(g["resource"]["name"], g["resource"].get("patternType")) for g in groups] == [
             (service, "literal")
         ]
-    assert set(users) == {*topics.SERVICES, *(f"provider-{c.lower()}" for c in m.provider_codes())}
+    gateways = {
+        d["metadata"]["name"]
+        for d in m.base_of_kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == m.GATEWAY_COMPONENT
+    }
+    assert set(users) == {
+        *topics.SERVICES,
+        *(f"provider-{c.lower()}" for c in m.provider_codes()),
+        *gateways,
+    }
 
 
 def test_no_service_or_provider_is_granted_an_unknown_or_wildcard_topic() -> None:
@@ -194,7 +205,7 @@ def test_mongodb_is_a_three_member_tls_replica_set_with_a_user_per_service() -> 
 
 
 def _deployments(built: m.Built) -> dict[str, Doc]:
-    return {d["metadata"]["name"]: d for d in built.of_kind("Deployment")}
+    return m.deployments(built, m.SERVICE_COMPONENT)
 
 
 @pytest.mark.parametrize("overlay", m.OVERLAYS)
@@ -269,10 +280,65 @@ def test_services_read_their_own_settings_and_secrets_only_by_reference(overlay:
         assert env[f"{prefix}KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == service
         connection = env["MONGO_CONNECTION"]["valueFrom"]["secretKeyRef"]["name"]
         assert connection == f"mongo-{service}-connection"
-        for name, item in env.items():
-            if any(word in name for word in ("PASSWORD", "SECRET", "TOKEN")):
-                assert "value" not in item, f"{overlay}/{service}: {name} written inline"
     assert not built.of_kind("Secret"), "secrets are referenced, never written in the manifests"
+
+
+# A switch such as NOTIFY_ALLOW_DEV_SECRETS=false names secrets but holds none; any other
+# value under such a name is a secret, and must come from a Secret by reference.
+SWITCHES = frozenset({"true", "false"})
+
+
+def _inline_secrets(deployment: Doc) -> list[str]:
+    return [
+        item["name"]
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+        for item in container.get("env", [])
+        if any(word in item["name"] for word in ("PASSWORD", "SECRET", "TOKEN"))
+        and "value" in item
+        and str(item["value"]).lower() not in SWITCHES
+    ]
+
+
+@pytest.mark.parametrize("overlay", m.OVERLAYS)
+def test_no_deployment_writes_a_secret_value_inline(overlay: str) -> None:
+    for deployment in m.build_overlay(overlay).of_kind("Deployment"):
+        assert not _inline_secrets(deployment), deployment["metadata"]["name"]
+
+
+def test_the_inline_secret_check_refuses_a_secret_value_but_not_a_switch() -> None:
+    """The check above can fail: a signing secret written inline is caught."""
+    notify = m.build_overlay("prod").one("Deployment", "notify")
+    (container,) = notify["spec"]["template"]["spec"]["containers"]
+    assert {"name": "NOTIFY_ALLOW_DEV_SECRETS", "value": "false"} in container["env"]
+    leaked = {"name": "NOTIFY_PRACTICE_SECRET", "value": "a-real-signing-secret"}
+    broken_container = {**container, "env": [*container["env"], leaked]}
+    broken_pod = {**notify["spec"]["template"]["spec"], "containers": [broken_container]}
+    broken = {**notify, "spec": {**notify["spec"], "template": {"spec": broken_pod}}}
+    assert _inline_secrets(notify) == []
+    assert _inline_secrets(broken) == ["NOTIFY_PRACTICE_SECRET"]
+
+
+@pytest.mark.parametrize("overlay", m.OVERLAYS)
+def test_notify_runs_without_the_practice_inbox_or_development_secrets(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What notify's own settings read from the built manifest, not the variable names."""
+    built = m.build_overlay(overlay)
+    deployment = built.one("Deployment", "notify")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for name in [n for n in os.environ if n.startswith("NOTIFY_")]:
+        monkeypatch.delenv(name)
+    for name, value in m.container_env(built, container).items():
+        monkeypatch.setenv(name, value)
+    settings = NotifySettings()
+    assert settings.inbox_enabled is False, overlay
+    assert settings.allow_dev_secrets is False, overlay
+    # With `dev:` secrets refused, the practices' signing secrets must be mountable.
+    mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["practice-secrets"]["secret"]["secretName"] == "notify-practice-secrets"
+    assert mounts["practice-secrets"] == "/etc/pathway/practice-secrets"
 
 
 @pytest.mark.parametrize("overlay", m.OVERLAYS)
@@ -324,7 +390,9 @@ def test_prometheus_operator_scrapes_under_the_job_names_the_rules_use() -> None
     assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    (exporter,) = m.base_of_kind("PodMonitor")
+    (exporter,) = [
+        p for p in m.base_of_kind("PodMonitor") if p["metadata"]["name"] == "pathway-kafka-exporter"
+    ]
     relabel = exporter["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
     assert (relabel["targetLabel"], relabel["replacement"]) == ("job", "kafka-exporter")
     built = m.build_overlay("prod")
