@@ -381,6 +381,11 @@ def test_network_policy_denies_by_default_and_lets_services_reach_only_their_dep
     ports = {port["port"] for rule in services["egress"] for port in rule["ports"]}
     assert ports == {9093, 27017, 4318}, "Kafka (TLS), MongoDB and the OTLP collector only"
     assert [p["port"] for rule in services["ingress"] for p in rule["ports"]] == ["http"]
+    # Only notify goes out of the cluster: HTTPS to the practices' endpoints.
+    delivery = policies["notify-practice-delivery"]["spec"]
+    assert delivery["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "notify"
+    assert delivery["policyTypes"] == ["Egress"]
+    assert [p["port"] for rule in delivery["egress"] for p in rule["ports"]] == [443]
     dns = policies["allow-dns"]["spec"]["egress"][0]["ports"]
     assert {(p["protocol"], p["port"]) for p in dns} == {("UDP", 53), ("TCP", 53)}
 
