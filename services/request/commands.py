@@ -9,7 +9,7 @@ there and nothing changes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -33,14 +33,22 @@ from services.common.app import Runtime
 from services.common.errors import Invalid, NotFound, Rejected
 from services.common.messaging import Delivery
 from services.common.store import Outcome, Tx
+from services.common.tracing import continued_trace, current_trace
 from services.request import service
 from services.request.guidance import GuidanceRules
 from services.request.metrics import RequestMetrics
 from services.request.registry import PracticeRegistry
-from services.request.repository import Document, ReferralRepository, projection_fields
+from services.request.repository import (
+    TRACE,
+    Document,
+    ReferralRepository,
+    projection_fields,
+    trace_context,
+)
 from services.request.timeline import ReferralState, TimelineEntry, append, project, to_millis
 
 Channel = Literal["api", "kafka", "fhir"]
+Command = Literal["cancel", "answer", "amend"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Referrals:
         self.rules = rules
         self.metrics = metrics
         self.duplicate_window_days = duplicate_window_days
+        self.tracer = runtime.tracer_provider.get_tracer("pathway.request.command")
 
     # ------------------------------------------------------------------ advice and submission
 
@@ -142,6 +151,7 @@ class Referrals:
                 "idempotency_key": key,
                 "request_fingerprint": fingerprint,
                 "submitted_at": to_millis(tx.now),
+                TRACE: trace_context(current_trace()),
                 "updated_at": to_millis(tx.now),
                 **projection_fields(timeline, project(timeline)),
             }
@@ -277,7 +287,13 @@ class Referrals:
             )
             return await self._save_with(tx, document, event, {})
 
-        document, _ = await self._run(referral_id, work, f"cancel:{referral_id}")
+        document, _ = await self._run(
+            referral_id,
+            work,
+            f"cancel:{referral_id}",
+            command="cancel",
+            trace=await self.repository.trace_of(referral_id),
+        )
         return document
 
     async def answer(
@@ -303,7 +319,13 @@ class Referrals:
             )
             return await self._save_with(tx, document, event, {})
 
-        document, _ = await self._run(referral_id, work, f"answer:{referral_id}:{query_id}")
+        document, _ = await self._run(
+            referral_id,
+            work,
+            f"answer:{referral_id}:{query_id}",
+            command="answer",
+            trace=await self.repository.trace_of(referral_id),
+        )
         return document
 
     async def amend(
@@ -365,7 +387,13 @@ class Referrals:
             }
             return await self._save_with(tx, document, event, fields_changed)
 
-        document, applied = await self._run(referral_id, work, f"amend:{referral_id}:{return_id}")
+        document, applied = await self._run(
+            referral_id,
+            work,
+            f"amend:{referral_id}:{return_id}",
+            command="amend",
+            trace=trace_context(current.get(TRACE)),
+        )
         if applied:
             self.metrics.guidance.labels(advice.outcome.value).inc()
             if document.get("duplicate_of"):
@@ -391,10 +419,27 @@ class Referrals:
         return {**document, **updated}
 
     async def _run(
-        self, referral_id: str, work: Callable[[Tx], Awaitable[Document]], cause_id: str
+        self,
+        referral_id: str,
+        work: Callable[[Tx], Awaitable[Document]],
+        cause_id: str,
+        *,
+        command: Command,
+        trace: Mapping[str, str],
     ) -> tuple[Document, bool]:
-        """The referral after the command, and whether this call applied it."""
-        outcome = await self.runtime.commit(work, cause_id=cause_id)
+        """The referral after the command, and whether this call applied it.
+
+        The command, and the event it emits, join the trace of the referral's submission (a
+        practice system's later call usually starts a trace of its own, which is linked);
+        a referral kept without one continues the call's trace.
+        """
+        with continued_trace(
+            self.tracer,
+            "referral command",
+            trace,
+            attributes={"job.kind": "referral_command", "referral.command": command},
+        ):
+            outcome = await self.runtime.commit(work, cause_id=cause_id)
         if outcome.duplicate or outcome.value is None:
             # The same command was applied before: answer with the referral as it is now.
             document = await self.repository.get(referral_id)

@@ -8,7 +8,7 @@ a request, so that nothing received is lost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,12 @@ Document = dict[str, Any]
 
 # Moved on by every write of a referral document: the optimistic check of timeline writes.
 REVISION = "rev"
+
+# The W3C trace context of the referral's submission: commands made later, in HTTP calls of
+# their own, continue the referral's trace. Only these headers: never baggage, which a caller
+# fills as it likes.
+TRACE = "trace"
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 # The duplicate check reads at most this many earlier referrals for one patient and examination.
 DUPLICATE_LOOKBACK = 100
@@ -71,6 +77,11 @@ class ReferralRepository:
         self, referral_id: str, session: AsyncClientSession | None = None
     ) -> Document | None:
         return await self.referrals.find_one({"_id": referral_id}, session=session)
+
+    async def trace_of(self, referral_id: str) -> dict[str, str]:
+        """The submission's trace kept with a referral; empty when none was kept (or no referral)."""
+        document = await self.referrals.find_one({"_id": referral_id}, projection={TRACE: 1})
+        return trace_context(document.get(TRACE) if document else None)
 
     async def by_idempotency_key(self, practice_ods: str, key: str) -> Document | None:
         return await self.referrals.find_one({"practice_ods": practice_ods, "idempotency_key": key})
@@ -156,6 +167,11 @@ class ReferralRepository:
             .limit(query.limit)
         )
         return [d async for d in cursor]
+
+
+def trace_context(carrier: Mapping[str, str] | None) -> dict[str, str]:
+    """The trace headers of a carrier, to keep with a referral."""
+    return {k: v for k, v in (carrier or {}).items() if k in TRACE_HEADERS and isinstance(v, str)}
 
 
 def projection_fields(timeline: Sequence[TimelineEntry], projection: Projection) -> Document:
