@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
-from opentelemetry import propagate
 from prometheus_client import CollectorRegistry, Counter
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -24,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
 from services.common.settings import MongoSettings
+from services.common.tracing import current_trace
 
 T = TypeVar("T")
 Document = dict[str, Any]
@@ -93,8 +93,7 @@ class Tx:
                 if self.cause_id
                 else new_event_id()
             )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        carrier = current_trace()
         record = to_record(
             event,
             topic=topic or event.topic,

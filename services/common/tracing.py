@@ -14,6 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.settings import OtelSettings
 
@@ -72,15 +73,19 @@ def tracer_provider(
     return provider
 
 
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+
 def current_trace() -> dict[str, str]:
     """The W3C trace context of the current span, to keep with work that is done later.
 
     A job queued by a unit of work (a delivery, a deadline) stores it, so that the worker
     doing the job continues the trace of the event that caused it (`continued_trace`).
-    Empty outside any span.
+    Empty outside any span. Only `traceparent` and `tracestate`: never the caller's W3C
+    baggage, which is free text a caller could fill with anything (a patient's details).
     """
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _TRACE_CONTEXT.inject(carrier)
     return carrier
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from pathway_schemas.events import ReferralCancelled
+from pathway_schemas.examples import example
+from services.common.store import Tx
 from services.common.tracing import continued_trace, current_trace
 
 
@@ -65,3 +72,31 @@ def test_without_a_kept_trace_a_job_continues_whatever_is_current() -> None:
     parent = spans["job"].parent
     assert parent is not None
     assert parent.span_id == call.get_span_context().span_id
+
+
+def test_a_callers_baggage_is_never_kept_nor_put_on_emitted_events() -> None:
+    tracer_provider, _ = provider()
+    tracer = tracer_provider.get_tracer("test")
+    incoming = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "baggage": "nhs_number=9434765919",
+    }
+    token = otel_context.attach(propagate.extract(incoming))
+    try:
+        with tracer.start_as_current_span("HTTP POST"):
+            kept = current_trace()
+            tx = Tx(
+                session=None,  # type: ignore[arg-type]  # emit never touches the store
+                db=None,  # type: ignore[arg-type]
+                service="request",
+                cause_id=None,
+                now=datetime(2026, 11, 27, tzinfo=UTC),
+            )
+            tx.emit(example(ReferralCancelled))
+    finally:
+        otel_context.detach(token)
+    assert set(kept) == {"traceparent"}
+    assert trace_of(kept) == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    headers = {name: value.decode() for name, value in tx.records[0].headers}
+    assert "9434765919" not in "".join(headers.values())
+    assert not any("baggage" in name for name in headers)
