@@ -75,6 +75,9 @@ schemas and fails on a removed field, a newly required field or a changed type.
 | `imaging.deadletter.<service>.v1` | each service | records it could not apply, with the reason |
 
 `<ods>` is the provider's ODS code in lower case, e.g. `imaging.provider.rxa01.inbound.v1`.
+A new provider can publish as soon as its registry entry, topics and Kafka user exist: the
+services read every provider's inbound topic by pattern and see a new one within seconds,
+with no restart.
 
 ## When an event is invalid or not authorised
 The owning service validates every record at the door. A record that is not a valid event

@@ -115,7 +115,7 @@ def service_env(
 ) -> dict[str, str]:
     """The settings a service reads: `<NAME>_` prefix and `__` nesting."""
     p = service_spec(name).env_prefix
-    return {
+    env = {
         f"{p}KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         f"{p}MONGO__URL": mongo_url,
         f"{p}MONGO__DATABASE": database or service_spec(name).default_database,
@@ -123,7 +123,13 @@ def service_env(
         f"{p}HTTP__HOST": host,
         # The embedded broker holds a waiting fetch to its end even when records arrive.
         f"{p}KAFKA__FETCH_MAX_WAIT_MS": "50",
+        # A provider added while the stack runs is read within a couple of seconds.
+        f"{p}KAFKA__METADATA_MAX_AGE_MS": "2000",
     }
+    if name == "scheduling":
+        # Here nobody else makes a new provider's topics (in production the operator does).
+        env[f"{p}CREATE_PROVIDER_TOPICS"] = "true"
+    return env
 
 
 # --------------------------------------------------------------------------- ports

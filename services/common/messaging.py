@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,10 +54,10 @@ E = TypeVar("E", bound=PathwayEvent)
 # Kafka's default record limit is 1 MB; the dead letter must fit with its own fields.
 MAX_DEAD_LETTER_VALUE = 512 * 1024
 RELAY_BATCH = 200
-
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 # Published outbox entries are deleted in batches of at most this many (or at each relay pass).
 SWEEP_BATCH = 100
+
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionFailure,
     AutoReconnect,
     ServerSelectionTimeoutError,
@@ -134,12 +135,12 @@ class Outbox:
         self.publisher = publisher
         self.metrics = metrics
         self.service = service
-
-    async def flush(self, outcome: Outcome[Any]) -> None:
         # Ids of entries published in line and not yet deleted. Deleting them in batches
         # saves a store round trip per unit of work; one left behind by a crash is
         # published again by the relay, which consumers drop as a repeat (by event id).
         self.published: list[str] = []
+
+    async def flush(self, outcome: Outcome[Any]) -> None:
         """Publish a committed unit of work's events in order; they are cleared in batches."""
         if not outcome.records:
             return
@@ -167,10 +168,10 @@ class Outbox:
 
     async def relay_once(self, older_than_s: float = 10.0, limit: int = RELAY_BATCH) -> int:
         """Publish outbox entries older than a moment (so in-line flushes go first); oldest first."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
-        backlog = await self.store.db[OUTBOX].count_documents({})
         # Swept first, so that nothing published in line is counted or published again.
         await self.sweep()
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC)
+        backlog = await self.store.db[OUTBOX].count_documents({})
         self.metrics.outbox_backlog.labels(self.service).set(backlog)
         if not backlog:
             return 0
@@ -252,6 +253,10 @@ Handler = Callable[[Any, Delivery], Awaitable[Any]]
 class Consumer:
     """One consumer group of one service: routes each record by its CloudEvents type."""
 
+    #: Every provider's inbound topic, those that exist now and those created later: the
+    #: names `topics.provider_inbound` gives and `topics.provider_of_topic` reads.
+    PROVIDER_INBOUND = r"^imaging\.provider\.[a-z0-9]{3,10}\.inbound\.v1$"
+
     def __init__(
         self,
         *,
@@ -272,6 +277,7 @@ class Consumer:
         self.kafka = kafka
         self.handlers: dict[str, Handler] = {}
         self.topics: list[str] = []
+        self.patterns: list[str] = []
         self.stopping = asyncio.Event()
         # Called with (topic, headers, error) before an undecodable record is dead-lettered,
         # for a service that also owes the sender an answer (the intake reply topic).
@@ -291,9 +297,28 @@ class Consumer:
 
         return register
 
-    def subscribe(self, *topic_names: str) -> None:
-        """Declare the FastStream subscriber for these topics: explicit group and ack policy."""
+    def subscribe(self, *topic_names: str, pattern: str | None = None) -> None:
+        """Declare the FastStream subscriber for these topics: explicit group and ack policy.
+
+        With `pattern` (a regex matched from the start of a topic name, e.g. PROVIDER_INBOUND;
+        no `{name}` in it, FastStream reads that as a path parameter) it also reads every
+        topic that matches, including one created while the service runs: the client sees it
+        at its next metadata refresh (`kafka.metadata_max_age_ms`) and the group rebalances to
+        take it. Kafka cannot mix names and a pattern in one consumer, and a second consumer
+        in the group would double every join and rebalance, so the names then become exact
+        alternatives of the one pattern.
+        """
         self.topics.extend(topic_names)
+        names: Sequence[str] = topic_names
+        listed = [*topic_names]
+        combined: str | None = None
+        if pattern is not None:
+            re.compile(pattern)  # a bad pattern fails here, at start
+            self.patterns.append(pattern)
+            listed.append(pattern)
+            exact = "|".join(re.escape(name) for name in topic_names)
+            combined = f"^(?:{exact})$|{pattern}" if exact else pattern
+            names = ()
 
         async def consume(message: KafkaMessage) -> None:
             raw = message.raw_message
@@ -303,18 +328,28 @@ class Consumer:
                 raw.topic, raw.partition, raw.offset, raw.key, raw.value, raw.headers
             )
 
-        self.broker.subscriber(
-            *topic_names,
+        subscriber = self.broker.subscriber(
+            *names,
+            pattern=combined,
             group_id=self.group,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             auto_offset_reset="earliest",
             session_timeout_ms=self.kafka.session_timeout_ms,
             max_poll_interval_ms=self.kafka.max_poll_interval_ms,
             fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
-            title=f"{self.service}:{','.join(topic_names)}",
+            title=f"{self.service}:{','.join(listed)}",
             parser=_tolerant_parser,
             decoder=_raw_body,
-        )(consume)
+        )
+        subscriber(consume)
+        if combined is not None:
+            # FastStream takes the metadata age for the whole broker only (its producer too);
+            # only a pattern needs it short, so it goes into this consumer's own options.
+            subscriber._connection_args["metadata_max_age_ms"] = self.kafka.metadata_max_age_ms
+
+    def reads(self, topic: str) -> bool:
+        """Whether this consumer reads a topic: one of its names, or a match of a pattern."""
+        return topic in self.topics or any(re.match(p, topic) for p in self.patterns)
 
     async def handle_record(
         self,

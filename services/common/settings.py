@@ -27,6 +27,10 @@ class KafkaSettings(BaseModel):
     # How long a fetch waits for records. The embedded broker does not answer a waiting fetch
     # when a record arrives, so every hop would wait this long: keep it short there.
     fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
+    # How often a pattern subscription (every provider's inbound topic) asks for the list of
+    # topics: a topic created since is read within about this long. Kafka's default, 5
+    # minutes, is too slow for a provider plugging in; each refresh is one metadata request.
+    metadata_max_age_ms: int = Field(default=30_000, ge=100, le=300_000)
 
 
 class MongoSettings(BaseModel):

@@ -13,7 +13,8 @@ An event for a referral known to be assigned to another provider is refused at o
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pathway_schemas.base import event_model
@@ -85,12 +86,16 @@ class ProviderIntake:
         reporting: Reporting,
         metrics: ReportingMetrics,
         park_timeout: timedelta,
+        claim_lease: timedelta = timedelta(seconds=60),
     ) -> None:
         self.runtime = runtime
         self.repository = repository
         self.reporting = reporting
         self.metrics = metrics
         self.park_timeout = park_timeout
+        self.claim_lease = claim_lease
+        # Names this replica's claims: its sweep may take its own claim again at once.
+        self.claimant = uuid.uuid4().hex
 
     async def receive(self, event: ProviderEvent, delivery: Delivery) -> Outcome[Applied]:
         provider = delivery.provider
@@ -241,7 +246,7 @@ class ProviderIntake:
             event, delivery = _restore(parked)
             error = await self.claim_for_refusal(parked)
             if error is None:
-                continue  # its booking has arrived meanwhile: a release applies it
+                continue  # applicable after all (a release applies it), or another sweep's
             await self.refuse(parked, event, delivery, error, error.reason)
             await self.repository.clear_parked_flag(parked["referral_id"])
         self.metrics.parked.set(await self.repository.parked.estimated_document_count())
@@ -249,9 +254,12 @@ class ProviderIntake:
     async def claim_for_refusal(self, parked: Document) -> PathwayError | None:
         """In one transaction, check the referral once more and claim the event to refuse it.
 
-        The claim stops a concurrent release from applying it (and a refused event is never
-        also applied); a crash after the claim leaves it claimed and expired, so the next
-        sweep dead-letters it again rather than losing it.
+        The claim stops a concurrent release from applying it (a refused event is never also
+        applied) and another replica's sweep from refusing it too (never dead-lettered twice).
+        A crash after the claim leaves it claimed: a sweep takes the claim over once it is
+        older than the lease, and dead-letters it rather than losing it. The lease is in wall
+        time, as it asks whether the claiming sweep is still alive, and a simulated clock
+        may jump.
         """
 
         async def work(tx: Tx) -> PathwayError | None:
@@ -266,7 +274,11 @@ class ProviderIntake:
                 if referral is not None and not parked.get("refusing"):
                     return None
                 error = Denied("no booking of the referral with this provider is known")
-            return error if await self.repository.claim_for_refusal(parked["_id"], tx) else None
+            wall = datetime.now(UTC)
+            claimed = await self.repository.claim_for_refusal(
+                parked["_id"], tx, by=self.claimant, at=wall, stale_before=wall - self.claim_lease
+            )
+            return error if claimed else None
 
         return (await self.runtime.commit(work)).value
 

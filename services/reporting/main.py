@@ -1,4 +1,11 @@
-"""Composition root of the reporting service."""
+"""Composition root of the reporting service.
+
+The service reads every provider's inbound topic by pattern, so a provider that plugs in
+while it runs is read without a restart (within `kafka.metadata_max_age_ms`). Identity comes
+from the topic name; an event is applied only when its referral is assigned to that provider
+(`intake`), so the events of a provider outside the registry, to which scheduling never
+assigns a referral, are refused as denied.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from services.common.app import Runtime, build_runtime, http_app
 from services.common.auth import Principals
 from services.common.clock import Clock, WorkingCalendar
 from services.common.jobs import every
+from services.common.messaging import Consumer
 from services.reporting import api, handlers
 from services.reporting.commands import Reporting
 from services.reporting.intake import ProviderIntake
@@ -71,16 +79,18 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     reporting = Reporting(repository, turnaround_policy(settings.turnaround))
     metrics = ReportingMetrics.create(runtime.metrics.registry)
     intake = ProviderIntake(
-        runtime, repository, reporting, metrics, timedelta(seconds=settings.park_timeout_s)
+        runtime,
+        repository,
+        reporting,
+        metrics,
+        timedelta(seconds=settings.park_timeout_s),
+        claim_lease=timedelta(seconds=settings.park_claim_lease_s),
     )
 
     runtime.startup.append(repository.ensure_indexes)
     handlers.register(runtime, reporting, intake)
     runtime.consumer.subscribe(
-        topics.REFERRAL,
-        topics.VETTING,
-        topics.BOOKING,
-        *(topics.provider_inbound(code) for code in providers),
+        topics.REFERRAL, topics.VETTING, topics.BOOKING, pattern=Consumer.PROVIDER_INBOUND
     )
     runtime.emits(topics.EXAMINATION, *FAMILIES[topics.EXAMINATION])
     runtime.emits(topics.REPORT, *FAMILIES[topics.REPORT])

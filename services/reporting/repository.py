@@ -170,10 +170,26 @@ class ReportingRepository:
         )
         return result.deleted_count == 1
 
-    async def claim_for_refusal(self, parked_id: str, tx: Tx) -> bool:
-        """Mark a parked event as being refused, so that no release applies it meanwhile."""
+    async def claim_for_refusal(
+        self, parked_id: str, tx: Tx, *, by: str, at: datetime, stale_before: datetime
+    ) -> bool:
+        """Mark a parked event as being refused, so that no release applies it meanwhile.
+
+        One sweep holds the claim: its own replica may claim it again (to retry after an
+        outage), another only once it is older than `stale_before` (the sweep that made it
+        died before dead-lettering).
+        """
         result = await self.parked.update_one(
-            {"_id": parked_id}, {"$set": {"refusing": True}}, session=tx.session
+            {
+                "_id": parked_id,
+                "$or": [
+                    {"claimed_at": {"$exists": False}},
+                    {"claimed_at": {"$lt": stale_before}},
+                    {"claimed_by": by},
+                ],
+            },
+            {"$set": {"refusing": True, "claimed_by": by, "claimed_at": at}},
+            session=tx.session,
         )
         return result.matched_count == 1
 

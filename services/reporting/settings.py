@@ -35,6 +35,9 @@ class Settings(ServiceSettings):
     # consumed is parked this long before it is refused as "not assigned to this provider".
     park_timeout_s: float = Field(default=300.0, gt=0)
     park_sweep_interval_s: float = Field(default=5.0, gt=0)
+    # A sweep that claimed an expired parked event and has not dead-lettered it this long
+    # (wall time) is taken to have died: another sweep takes the claim over.
+    park_claim_lease_s: float = Field(default=60.0, gt=0)
     overdue_refresh_interval_s: float = Field(default=30.0, gt=0)
     priors_limit: int = Field(default=20, ge=0, le=200)
     worklist_limit: int = Field(default=100, ge=1, le=1000)

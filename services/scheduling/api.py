@@ -16,6 +16,7 @@ from services.common.auth import Principal, Role, require
 from services.common.clock import Clock
 from services.common.errors import Invalid, NotFound, Rejected
 from services.scheduling.model import ReferralRecord, WalkIn
+from services.scheduling.provider_topics import ProviderTopics
 from services.scheduling.registry import Provider
 from services.scheduling.repository import BookingRepository
 from services.scheduling.service import BookingContention, Scheduler
@@ -226,7 +227,9 @@ async def _contended(command: Awaitable[object]) -> None:
         raise Rejected(f"{error}: try again") from None
 
 
-def providers_router(repository: BookingRepository, clock: Clock) -> APIRouter:
+def providers_router(
+    repository: BookingRepository, clock: Clock, provider_topics: ProviderTopics
+) -> APIRouter:
     router = APIRouter(prefix="/providers", tags=["providers"])
 
     def view(provider: Provider, note: str = "") -> ProviderView:
@@ -252,7 +255,7 @@ def providers_router(repository: BookingRepository, clock: Clock) -> APIRouter:
 
     @router.put(
         "/{ods}",
-        summary="Add or change a provider with its sites (no code change, no restart to offer it)",
+        summary="Add or change a provider with its sites (no code change, no restart)",
     )
     async def put_provider(
         ods: OdsPath,
@@ -262,14 +265,20 @@ def providers_router(repository: BookingRepository, clock: Clock) -> APIRouter:
     ) -> ProviderView:
         if body.ods != ods.upper():
             raise Invalid(f"the body's ods {body.ods} does not match the path's {ods.upper()}")
+        # Topics first (where this service makes them): a provider is never offered before its
+        # orders have somewhere to go, and a retry after a failure makes what is missing.
+        topics_made = await provider_topics.ensure(body.ods)
         created = await repository.put_provider(body, by=principal.name, now=clock.now())
         response.status_code = 201 if created else 200
-        note = (
-            "new provider: its slots are offered now; create its inbound and outbound topics, and restart "
-            "the scheduling service so that it consumes the new inbound topic"
-            if created
-            else ""
-        )
+        note = ""
+        if created:
+            note = (
+                "new provider: its slots are offered now, and its topics exist; its events "
+                "on the inbound topic are read without a restart"
+                if topics_made
+                else "new provider: its slots are offered now; once its topics, Kafka user "
+                "and ACLs exist (docs/deploy.md) its inbound events are read without a restart"
+            )
         return view(body, note)
 
     return router

@@ -81,3 +81,8 @@ class Settings(ServiceSettings):
     booking_attempts: int = Field(
         default=10, ge=1, le=100, description="Retries when a slot is taken meanwhile"
     )
+    # On for the embedded stack and development: a provider's topics are created when it is
+    # added. Off in production, where the operator makes them (Strimzi) with its Kafka user.
+    create_provider_topics: bool = False
+    provider_topic_partitions: int = Field(default=3, ge=1, le=1000)
+    provider_topic_replicas: int = Field(default=1, ge=1, le=7)

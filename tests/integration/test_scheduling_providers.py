@@ -1,5 +1,5 @@
 """Any qualified provider plugs in by configuration: from the file at start, or through the
-admin API at once (its inbound topic is consumed from the next start).
+admin API at once (its inbound topic is read without a restart: test_provider_plug_in.py).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ async def test_a_provider_added_to_the_file_or_through_the_api_is_offered_and_co
         assert "no XR" in refused.text
         created = await svc.client.put(url, json=mr_provider("NEW04", "N-1"), headers=OPERATOR)
         assert created.status_code == 201, created.text
-        assert "restart" in created.json()["note"]
+        assert "read without a restart" in created.json()["note"]
         assert (
             await svc.client.put(url, json=mr_provider("NEW04", "N-1"), headers=OPERATOR)
         ).status_code == 200
@@ -156,7 +156,7 @@ async def test_a_provider_added_to_the_file_or_through_the_api_is_offered_and_co
         )
         assert chosen.status_code == 200, chosen.text
 
-    # After a restart the API's provider is consumed too, and the file does not undo API changes.
+    # After a restart the API's provider is still consumed, and the file does not undo API changes.
     async with (
         running_service(create_app(settings, clock=clock)) as svc,
         TopicReader(kafka, *watched) as reader,
