@@ -144,8 +144,8 @@ def router(
         if not code:
             raise Invalid("provider is required: /worklist?provider=<ODS code>")
         check_access(principal, code)
-        if code not in providers:
-            raise NotFound(f"no provider {code} is configured")
+        if code not in providers and code not in await repository.assigned_providers():
+            raise NotFound(f"no provider {code} is configured or has referrals assigned")
         now = runtime.clock.now()
         docs = await repository.worklist(code, min(limit, worklist_limit))
         entries = await views.examinations(repository, docs, now, priors_limit)

@@ -65,7 +65,8 @@ def overdue_refresher(
 ) -> Callable[[], Awaitable[None]]:
     async def refresh() -> None:
         now = runtime.clock.now()
-        for provider in providers:
+        # The configured providers (shown at zero) and any added at run time with referrals.
+        for provider in sorted(set(providers) | await repository.assigned_providers()):
             metrics.overdue.labels(provider).set(await repository.count_overdue(provider, now))
 
     return refresh

@@ -117,6 +117,11 @@ class ReportingRepository:
         )
         return [doc async for doc in cursor]
 
+    async def assigned_providers(self) -> set[str]:
+        """Providers with referrals assigned, configured or not (one added through
+        scheduling's registry while this service runs is known from its bookings)."""
+        return {code for code in await self.referrals.distinct("provider_ods") if code}
+
     async def count_overdue(self, provider_ods: str, now: datetime) -> int:
         return await self.referrals.count_documents(
             {"provider_ods": provider_ods, "state": State.COMPLETED.value, "due_at": {"$lt": now}}

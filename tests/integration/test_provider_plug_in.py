@@ -269,6 +269,12 @@ async def test_a_provider_added_while_scheduling_and_reporting_run_is_read_by_bo
         )
         [completed] = of_referral(reader, ExaminationCompleted, referral.referral_id)
         assert completed.study == study
+        # Its reporting worklist exists too, though reporting's file never named it.
+        worklist = await report.client.get(
+            "/worklist", params={"provider": NEW}, headers={"X-API-Key": "dev-reporter"}
+        )
+        assert worklist.status_code == 200, worklist.text
+        assert [e["referral_id"] for e in worklist.json()["examinations"]] == [referral.referral_id]
 
         # A provider outside the registry whose topic exists anyway: both services read it
         # (the pattern) and refuse its event, since the referral is not assigned to it.
