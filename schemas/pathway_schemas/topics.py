@@ -50,6 +50,10 @@ def provider_outbound(ods_code: str) -> str:
     return f"imaging.provider.{_provider_code(ods_code)}.outbound.v1"
 
 
+#: Every provider's inbound topic, those that exist now and those created later (a regex):
+#: what the services subscribe to, so that a provider plugs in without their restart.
+PROVIDER_INBOUND_PATTERN = r"^imaging\.provider\.[a-z0-9]{3,10}\.inbound\.v1$"
+
 _PROVIDER_TOPIC = re.compile(r"^imaging\.provider\.([a-z0-9]{3,10})\.(inbound|outbound)\.v1$")
 
 

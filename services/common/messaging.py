@@ -253,9 +253,8 @@ Handler = Callable[[Any, Delivery], Awaitable[Any]]
 class Consumer:
     """One consumer group of one service: routes each record by its CloudEvents type."""
 
-    #: Every provider's inbound topic, those that exist now and those created later: the
-    #: names `topics.provider_inbound` gives and `topics.provider_of_topic` reads.
-    PROVIDER_INBOUND = r"^imaging\.provider\.[a-z0-9]{3,10}\.inbound\.v1$"
+    #: Every provider's inbound topic, those that exist now and those created later.
+    PROVIDER_INBOUND = topics.PROVIDER_INBOUND_PATTERN
 
     def __init__(
         self,
