@@ -36,7 +36,8 @@ from pathway_schemas import to_record, topics
 from pathway_schemas.events import ProviderExaminationCompleted
 
 event = ProviderExaminationCompleted(
-    referral_id="ref_3f2a9c1e5b7d4e8fa1b2c3d4e5f60718", occurred_at=datetime.now(UTC),
+    referral_id="ref_3f2a9c1e5b7d4e8fa1b2c3d4e5f60718",
+    occurred_at=datetime.now(UTC),
     site_id="riverside-main",
     study={"study_instance_uid": "1.2.826.0.1.3680043.8.498.1", "accession_number": "RXA0100042"},
 )
