@@ -8,9 +8,10 @@ then runs two phases of open-access chest X-ray referrals end to end (see `load.
 
 Latency per hop comes from the events' own timestamps (each event's envelope time against
 its cause's); store round trips and Kafka records are counted, not timed (each service's
-`pathway_store_commands_total`, and topic end offsets before and after). In the same run it
-measures the baselines: raw produce-consume through the same broker with aiokafka, and raw
-upserts into the same store. Prints rich tables and writes JSON to var/benchmark/.
+`pathway_store_commands_total`, and each topic's true end offsets before and after, see
+`Settler.ends`). In the same run it measures the baselines: raw produce-consume through the
+same broker with aiokafka, and raw upserts into the same store. Prints rich tables and
+writes JSON to var/benchmark/.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from benchmarks.load import Load, PhaseLoad
 from benchmarks.measure import Counters, Hop, Spread, Timelines, scrape
 from benchmarks.tuned import FETCH_WAIT_ENV
 from pathway_cli.audit.source import read_kafka
-from pathway_cli.simulate import Settler
+from pathway_cli.simulate import Settler, service_groups
 from pathway_cli.stack import SERVICE_MODULE_ENV
 from pathway_cli.system import System, running_system
 from pathway_schemas import topics
@@ -119,6 +120,11 @@ async def _settle(settler: Settler) -> None:
 
 
 async def _offsets(settler: Settler) -> dict[str, int]:
+    # True ends, not the reported ones: the embedded broker reports a partition's end at
+    # its last batch's first record, and the services' producers do pack records into
+    # batches (concurrent requests and handlers share one producer). Offsets have no gaps
+    # (no transactions, no compaction), so the difference of two true ends counts exactly
+    # the records written in between.
     return await settler.end_offsets()
 
 
@@ -453,7 +459,9 @@ async def benchmark(
         console.print(
             f"[bold]benchmark[/] system up: {', '.join(f'{n} {u}' for n, u in system.urls.items())}"
         )
-        settler = Settler(system.bootstrap, topics.SERVICES, topics.all_topics(tuple(PROVIDERS)))
+        every_topic = topics.all_topics(tuple(PROVIDERS))
+        groups = service_groups(every_topic)
+        settler = Settler(system.bootstrap, tuple(groups), every_topic, reads=groups)
         await settler.start()
         load = Load(system, http, seed=seed)
         await load.start(PROVIDERS)
@@ -493,7 +501,6 @@ async def benchmark(
             ),
         )
         events = (await read_kafka(system.bootstrap, names)).events
-        events += [received for received, _ in await settler.tail(names)]
         results = [await _result(http, system, events, *r) for r in raw]
         console.print("[bold]benchmark[/] the store again, after the load")
         store_after = await store_baseline(system.mongo_url, transactions=0)

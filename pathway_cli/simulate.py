@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import importlib
 import itertools
 import json
+import logging
 import math
 import random
 import sys
@@ -78,6 +80,7 @@ from pathway_schemas.events import (
 )
 from pathway_schemas.values import StudyReference
 from services.common.clock import LONDON, WorkingCalendar
+from services.common.settings import KafkaSettings
 
 Json = dict[str, Any]
 
@@ -550,26 +553,112 @@ def on_grid(moment: datetime, start: datetime, step: timedelta) -> datetime:
 # --------------------------------------------------------------------------- settling
 
 
+def records_behind(
+    committed: Mapping[str, Mapping[Any, int]],
+    ends: Mapping[Any, int],
+    reads: Mapping[str, Iterable[str]],
+    starts: Mapping[Any, int],
+) -> dict[tuple[str, str], int]:
+    """(group, topic) -> records that group has not handled yet.
+
+    A group reads the partitions of the topics `reads` names for it and of every topic it has
+    committed an offset on (a group that reads a topic reads all its partitions). On a
+    partition it has not committed on yet, it starts from the log start (`starts`: the
+    services read from the earliest record), so a record there counts as not handled.
+    """
+    behind: Counter[tuple[str, str]] = Counter()
+    for group, offsets in committed.items():
+        for tp in partitions_read(offsets, ends, reads.get(group, ())):
+            done = offsets.get(tp, starts.get(tp, 0))
+            if ends[tp] > done:
+                behind[(group, tp.topic)] += ends[tp] - done
+    return dict(behind)
+
+
+def partitions_read(
+    offsets: Mapping[Any, int], ends: Mapping[Any, int], topic_names: Iterable[str]
+) -> list[Any]:
+    """The partitions with records of the topics a group reads (see `records_behind`)."""
+    read = {*topic_names, *(tp.topic for tp in offsets)}
+    return [tp for tp, end in ends.items() if tp.topic in read and end > 0]
+
+
+def service_groups(
+    topic_names: Iterable[str], config_dir: Path = REPO / "config"
+) -> dict[str, tuple[str, ...]]:
+    """Each service's consumer group -> the topics of `topic_names` it reads (its names and
+    patterns), from the service's own composition root, as `pathway contracts` reads it.
+
+    Kafka knows a group's topics only once it has committed on them (the embedded broker
+    does not describe a group's members), and the first record ever on a topic must be
+    waited for too.
+    """
+    names = list(topic_names)
+    groups: dict[str, tuple[str, ...]] = {}
+    # Building an app only reads its configuration; its warnings (development secrets)
+    # are the running services' to give, not the simulator's.
+    logging.disable(logging.WARNING)
+    try:
+        for service in topics.SERVICES:
+            settings = importlib.import_module(f"services.{service}.settings").Settings(
+                kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), config_dir=config_dir
+            )
+            main = importlib.import_module(f"services.{service}.main")
+            consumer = main.create_app(settings).state.runtime.consumer
+            groups[settings.group(service)] = tuple(t for t in names if consumer.reads(t))
+    finally:
+        logging.disable(logging.NOTSET)
+    return groups
+
+
 class Settler:
     """Waits until every consumer group of the system has handled every record.
 
     A service publishes the events a record causes before it commits that record's offset,
-    so committed offsets read first and end offsets read second, all equal, mean that
-    nothing is in flight. Committed offsets are read in the services' own group names
-    without joining the groups (no subscription, so no rebalance), one request per group.
+    so when every group's committed offsets (read first) have reached every partition's
+    true end (read second), nothing is in flight. Committed offsets are read in the groups'
+    own names without joining them (no subscription, so no rebalance), one request a group.
+
+    The end offset a broker reports is not always the true end. The embedded broker (Tansu)
+    reports a partition's end as the base offset of its last record batch plus one, and a
+    producer with several sends in flight to a partition (concurrent handlers or requests
+    sharing a service's producer, a pipelining client) packs them into one batch: the end
+    falls short by up to a whole batch until a later batch lands. A group that has handled
+    only the first record of that batch would then look caught up. So `ends()` fetches the
+    batch at the reported end's last offset and takes the position after it: a fetch brings
+    whole batches, so that is where the batch really ends, and every record written before
+    the look lies below it. On Kafka the reported end is already the true end and the look
+    reads one record.
     """
 
-    def __init__(self, bootstrap: str, groups: Sequence[str], topic_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        groups: Sequence[str],
+        topic_names: Sequence[str],
+        *,
+        reads: Mapping[str, Iterable[str]] | None = None,
+        look_timeout: float = 30.0,
+    ) -> None:
         self.bootstrap = bootstrap
         self.groups = tuple(groups)
         self.topic_names = tuple(topic_names)
-        self._ends: Any = None
+        #: group -> the topics it reads even before it has committed on them
+        self.reads = {group: tuple(names) for group, names in (reads or {}).items()}
+        self.look_timeout = look_timeout
+        self._reader: Any = None
         self._readers: dict[str, Any] = {}
         self._partitions: list[Any] = []
+        #: partition -> an end of one of its batches at or past the last reported end
+        self._known: dict[Any, int] = {}
+
+    @property
+    def partitions(self) -> list[Any]:
+        return list(self._partitions)
 
     async def start(self) -> None:
-        self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await self._ends.start()
+        self._reader = partition_reader(self.bootstrap)
+        await self._reader.start()
         for group in self.groups:
             reader = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
@@ -577,17 +666,21 @@ class Settler:
             await reader.start()
             self._readers[group] = reader
         for name in self.topic_names:
-            partitions = self._ends.partitions_for_topic(name)
+            partitions = self._reader.partitions_for_topic(name)
             for _ in range(50):
                 if partitions:
                     break
-                await self._ends._client.force_metadata_update()
+                await self._reader._client.force_metadata_update()
                 await asyncio.sleep(0.05)
-                partitions = self._ends.partitions_for_topic(name)
+                partitions = self._reader.partitions_for_topic(name)
             self._partitions += [TopicPartition(name, p) for p in sorted(partitions or ())]
+        if self._partitions:
+            self._reader.assign(self._partitions)
+            # Fetched only for a look past a reported end (`ends`), never in the background.
+            self._reader.pause(*self._partitions)
 
     async def stop(self) -> None:
-        for reader in [*self._readers.values(), self._ends]:
+        for reader in [*self._readers.values(), self._reader]:
             if reader is not None:
                 with contextlib.suppress(Exception):
                     await reader.stop()
@@ -598,38 +691,66 @@ class Settler:
         offsets = await reader._coordinator.fetch_committed_offsets(self._partitions)
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
-    async def _offsets(self) -> tuple[list[dict[Any, int]], dict[Any, int]]:
-        """Each group's committed offsets (read first), then each partition's end."""
-        committed = await asyncio.gather(*(self._committed(r) for r in self._readers.values()))
-        ends: dict[Any, int] = dict(await self._ends.end_offsets(self._partitions))
-        # The embedded broker can report a partition's end one short after concurrent
-        # writes; a group that has read further shows where the end really is.
-        for offsets in committed:
-            for tp, offset in offsets.items():
-                ends[tp] = max(ends.get(tp, 0), offset)
-        return committed, ends
+    async def ends(self) -> dict[Any, int]:
+        """Each partition's true end: every record written before the call lies below it.
+
+        It may also count records written during the call (never fewer than are there).
+        """
+        if not self._partitions:
+            return {}
+        reported: dict[Any, int] = dict(await self._reader.end_offsets(self._partitions))
+        # A known batch end at or past the reported end already covers the batch that holds
+        # the reported end's last offset (batches do not overlap).
+        look = [tp for tp in self._partitions if reported[tp] > self._known.get(tp, 0)]
+        if look:
+            for tp in look:
+                self._reader.seek(tp, reported[tp] - 1)
+            self._reader.resume(*look)
+            try:
+                await self._look(look, reported)
+            finally:
+                self._reader.pause(*look)
+        return {tp: self._known.get(tp, 0) for tp in self._partitions}
+
+    async def _look(self, look: list[Any], reported: Mapping[Any, int]) -> None:
+        deadline = time.monotonic() + self.look_timeout
+        waiting = set(look)
+        while waiting:
+            await self._reader.getmany(*waiting, timeout_ms=200)
+            for tp in sorted(waiting):
+                position = await self._reader.position(tp)
+                if position >= reported[tp]:
+                    self._known[tp] = position
+                    waiting.discard(tp)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"could not read the last batch of {len(waiting)} partitions within "
+                    f"{self.look_timeout:.0f}s: is the broker up?"
+                )
 
     async def lag_by_group(self) -> dict[tuple[str, str], int]:
         """(group, topic) -> records that group has not yet handled; empty when idle."""
-        committed, ends = await self._offsets()
-        behind: Counter[tuple[str, str]] = Counter()
-        for group, offsets in zip(self._readers, committed, strict=True):
-            for tp, offset in offsets.items():
-                if ends.get(tp, 0) > offset:
-                    behind[(group, tp.topic)] += ends[tp] - offset
-        return dict(behind)
+        committed = await asyncio.gather(*(self._committed(r) for r in self._readers.values()))
+        by_group = dict(zip(self._readers, committed, strict=True))
+        ends = await self.ends()
+        unstarted = sorted(
+            {
+                tp
+                for group, offsets in by_group.items()
+                for tp in partitions_read(offsets, ends, self.reads.get(group, ()))
+                if tp not in offsets
+            }
+        )
+        starts = dict(await self._reader.beginning_offsets(unstarted)) if unstarted else {}
+        return records_behind(by_group, ends, self.reads, starts)
 
     async def lag(self) -> int:
         """Records some group has not yet handled (0: the system is idle on Kafka)."""
         return sum((await self.lag_by_group()).values())
 
     async def tail(self, topic_names: Sequence[str]) -> list[tuple[Received, str]]:
-        """Events past the end offsets the broker reports, with their topics.
-
-        The embedded broker reports a partition's end as its last batch's base offset plus
-        one, so a reader that stops there misses the rest of that batch; `read_kafka` reads
-        on by itself (`read_to_end`), so this is only for a reader that stops at the ends.
-        """
+        """Events past the end offsets the broker reports, with their topics: what a reader
+        that stops at those ends misses (the embedded broker's short ends, see `ends`)."""
         wanted = [tp for tp in self._partitions if tp.topic in set(topic_names)]
         found: list[tuple[Received, str]] = []
 
@@ -651,11 +772,10 @@ class Settler:
         return found
 
     async def end_offsets(self) -> dict[str, int]:
-        """Records on each topic so far (for counting what a run produced)."""
-        _, ends = await self._offsets()
+        """Records on each topic so far (true ends: for counting what a run produced)."""
         totals: Counter[str] = Counter()
-        for tp, offset in ends.items():
-            totals[tp.topic] += offset
+        for tp, end in (await self.ends()).items():
+            totals[tp.topic] += end
         return dict(totals)
 
     async def settle(
@@ -804,11 +924,9 @@ class Simulation:
         self.open_alerts: set[int] = set()
         self._alerts_changed = False
         self._seq = itertools.count()
-        self.settler = Settler(
-            system.bootstrap,
-            groups=topics.SERVICES,
-            topic_names=topics.all_topics(tuple(self.provider_codes)),
-        )
+        names = topics.all_topics(tuple(self.provider_codes))
+        groups = service_groups(names, config_dir)
+        self.settler = Settler(system.bootstrap, tuple(groups), names, reads=groups)
         for case in self.cases:
             self.schedule(case.plan.submit_at, "submit", case.plan.index)
 

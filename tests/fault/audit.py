@@ -11,7 +11,6 @@ clean-up) are allowed by the delivery design and only counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib
 import json
@@ -25,6 +24,7 @@ from aiokafka.structs import TopicPartition
 from pymongo import AsyncMongoClient
 
 from pathway_cli.actors import Json
+from pathway_cli.simulate import Settler, service_groups
 from pathway_cli.stack import SERVICE_NAMES
 from pathway_schemas import topics
 from services.common.settings import KafkaSettings
@@ -100,23 +100,21 @@ class Record:
 
 
 async def read_topics(bootstrap: str, names: Sequence[str], timeout: float = 60.0) -> list[Record]:
-    """Everything on these topics, from the beginning to the end as it is now."""
+    """Everything on these topics, from the beginning to the end as it is now.
+
+    To the true ends (`Settler.ends`): the embedded broker reports a partition's end at the
+    first record of its last batch, so reading to the reported end could leave the rest of
+    that batch unread, and a check of the log would miss events that are there.
+    """
+    ends = await true_ends(bootstrap, names)
+    partitions = [tp for tp, end in ends.items() if end > 0]
+    if not partitions:
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = []
-        for name in names:
-            found = consumer.partitions_for_topic(name)
-            if not found:
-                with contextlib.suppress(Exception):
-                    await consumer._client.force_metadata_update()
-                found = consumer.partitions_for_topic(name) or set()
-            partitions += [TopicPartition(name, p) for p in sorted(found)]
-        if not partitions:
-            return []
         consumer.assign(partitions)
-        await consumer.seek_to_beginning()
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
         records: list[Record] = []
         deadline = asyncio.get_running_loop().time() + timeout
         while await _behind(consumer, ends):
@@ -133,6 +131,16 @@ async def read_topics(bootstrap: str, names: Sequence[str], timeout: float = 60.
         await consumer.stop()
 
 
+async def true_ends(bootstrap: str, names: Sequence[str]) -> dict[TopicPartition, int]:
+    """Each partition's end, past every record written before the call (`Settler.ends`)."""
+    settler = Settler(bootstrap, (), names)
+    await settler.start()
+    try:
+        return await settler.ends()
+    finally:
+        await settler.stop()
+
+
 def since(before: Sequence[Record], after: Sequence[Record]) -> list[Record]:
     """The records of `after` that were not there in `before`."""
     seen = {(r.topic, r.partition, r.offset) for r in before}
@@ -141,7 +149,7 @@ def since(before: Sequence[Record], after: Sequence[Record]) -> list[Record]:
 
 async def _behind(consumer: Any, ends: dict[TopicPartition, int]) -> bool:
     for tp, end in ends.items():
-        if await consumer.position(tp) < end:
+        if end > 0 and await consumer.position(tp) < end:
             return True
     return False
 
@@ -323,37 +331,48 @@ def subscriptions() -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
 async def committed_offsets(
     bootstrap: str, group: str, topic_names: Iterable[str]
 ) -> dict[TopicPartition, tuple[int, int]]:
-    """(committed, end) per partition, read without joining the group."""
+    """(committed, true end) per partition, read without joining the group."""
+    ends = await true_ends(bootstrap, list(topic_names))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(t, p)
-            for t in topic_names
-            for p in consumer.partitions_for_topic(t) or ()
-        ]
-        ends = await consumer.end_offsets(partitions)
         return {tp: (await consumer.committed(tp) or 0, end) for tp, end in ends.items()}
     finally:
         await consumer.stop()
 
 
 async def quiet(bootstrap: str, mongo_url: str, timeout: float = 120.0) -> None:
-    """Wait until every service has committed everything it reads and published its outbox."""
+    """Wait until every service has handled every record it reads and published its outbox.
+
+    All groups at once, against the true ends (`Settler.settle`): a group found caught up
+    can fall behind again while another group works, and the reported ends of the embedded
+    broker can stop short of records a republished burst packed into one batch.
+    """
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-    deadline = asyncio.get_running_loop().time() + timeout
+    groups = service_groups(await _broker_topics(bootstrap))
+    watched = sorted({name for names in groups.values() for name in names})
+    settler = Settler(bootstrap, tuple(groups), watched, reads=groups)
+
+    async def outboxes_published() -> bool:
+        for name in SERVICE_NAMES:
+            if await client[f"imaging_{name}"][OUTBOX].count_documents({}):
+                return False
+        return True
+
     try:
-        for name, (names, _) in subscriptions().items():
-            while True:
-                offsets = await committed_offsets(bootstrap, name, names)
-                lag = sum(end - done for done, end in offsets.values())
-                backlog = await client[f"imaging_{name}"][OUTBOX].count_documents({})
-                if lag <= 0 and backlog == 0:
-                    break
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"{name}: {lag} records unread, {backlog} unpublished")
-                await asyncio.sleep(0.3)
+        await settler.start()
+        await settler.settle(timeout=timeout, also=outboxes_published)
     finally:
+        await settler.stop()
         await client.close()
+
+
+async def _broker_topics(bootstrap: str) -> list[str]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return sorted(await consumer.topics())
+    finally:
+        await consumer.stop()
