@@ -29,6 +29,8 @@ from pathway_cli.stack import SERVICE_NAMES
 from pathway_schemas import topics
 from services.common.settings import KafkaSettings
 from services.common.store import OUTBOX
+from services.reporting.main import load_providers
+from services.reporting.settings import Settings as ReportingSettings
 from tests.fault.load import Journey
 
 V = "uk.nhs.imaging."
@@ -316,7 +318,10 @@ def dead_letter_summary(record: Record) -> str:
 
 @functools.cache
 def subscriptions() -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
-    """Each service's topics and the event types it handles, from its own composition root."""
+    """Each service's topics and the event types it handles, from its own composition root.
+
+    Provider inbound topics are read by pattern: those of the configured providers count.
+    """
     found = {}
     for name in SERVICE_NAMES:
         main = importlib.import_module(f"services.{name}.main")
@@ -324,8 +329,15 @@ def subscriptions() -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
             kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1")
         )
         consumer = main.create_app(settings).state.runtime.consumer
-        found[name] = (tuple(consumer.topics), frozenset(consumer.handlers))
+        candidates = topics.all_topics(configured_providers())
+        names = tuple(t for t in candidates if consumer.reads(t))
+        found[name] = (names, frozenset(consumer.handlers))
     return found
+
+
+def configured_providers() -> tuple[str, ...]:
+    settings = ReportingSettings()
+    return load_providers(settings.config_dir / settings.providers_file)
 
 
 async def committed_offsets(
