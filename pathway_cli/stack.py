@@ -412,7 +412,12 @@ class EmbeddedStore(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"mongodb://{LOOPBACK}:{self.port}/?directConnection=true"
+        # No retryable writes here: SecantusDB keeps a record of every one and scans them all
+        # on each write, so its write rate fell by two thirds after a benchmark's load (and a
+        # long `pathway up` would keep slowing). Nothing relies on the driver's single retry:
+        # transactions retry themselves, and any other failed write fails its handler or job,
+        # which runs again (its writes are idempotent: claims, revision checks, deletes).
+        return f"mongodb://{LOOPBACK}:{self.port}/?directConnection=true&retryWrites=false"
 
     def command(self) -> list[str]:
         try:
