@@ -393,6 +393,16 @@ class EmbeddedBroker(ManagedProcess):
         return {**super().describe(), "bootstrap": self.bootstrap, "address": self.bootstrap}
 
 
+# `python -m secantus`, with a shorter GIL switch interval. SecantusDB serves each
+# connection on its own thread; with Python's default 5 ms, a thread whose reply is ready
+# waits up to that long behind a busy one, and every store round trip of every service
+# paid it under load.
+_STORE_MAIN = (
+    "import runpy, sys; sys.setswitchinterval(0.0005); "
+    "runpy.run_module('secantus', run_name='__main__', alter_sys=True)"
+)
+
+
 class EmbeddedStore(ManagedProcess):
     """SecantusDB, MongoDB wire protocol; data under `data_dir`, or ephemeral when None."""
 
@@ -431,8 +441,8 @@ class EmbeddedStore(ManagedProcess):
         storage = str(self.data_dir) if self.data_dir is not None else ":memory:"
         return [
             sys.executable,
-            "-m",
-            "secantus",
+            "-c",
+            _STORE_MAIN,
             "--host",
             LOOPBACK,
             "--port",
