@@ -19,9 +19,10 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import ReadableSpan
 
 from pathway_schemas.base import PathwayEvent
-from pathway_schemas.envelope import Received, from_record, to_record
+from pathway_schemas.envelope import KafkaRecord, Received, from_record, to_record
 
 
 def free_port() -> int:
@@ -76,19 +77,28 @@ async def publish(
     bootstrap: str, events: Iterable[tuple[PathwayEvent, str]], *, source: str = "/tests"
 ) -> list[str]:
     """Publish events (event, topic) as a provider or practice system would; returns their ids."""
+    records = [to_record(event, topic=topic, source=source) for event, topic in events]
+    await send_records(bootstrap, records)
+    return [dict(record.headers)["ce_id"].decode() for record in records]
+
+
+async def send_records(bootstrap: str, records: Iterable[KafkaRecord]) -> None:
+    """Publish records exactly as built (their ids and trace headers), one at a time, in order."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
-    ids = []
     try:
-        for event, topic in events:
-            record = to_record(event, topic=topic, source=source)
+        for record in records:
             await producer.send_and_wait(
                 record.topic, record.value, key=record.key, headers=list(record.headers)
             )
-            ids.append(dict(record.headers)["ce_id"].decode())
     finally:
         await producer.stop()
-    return ids
+
+
+def trace_hex(span: ReadableSpan) -> str:
+    """A finished span's trace id as it appears in a traceparent header."""
+    assert span.context is not None
+    return format(span.context.trace_id, "032x")
 
 
 class TopicReader:
@@ -127,6 +137,15 @@ class TopicReader:
                     seen.add(received.envelope.id)
                     decoded.append(received)
         return decoded
+
+    def trace_ids(self, kind: type[PathwayEvent], referral_id: str) -> list[str | None]:
+        """The trace id of each event of a type about a referral, in order (None: no trace)."""
+        found = []
+        for received in self.events():
+            if isinstance(received.event, kind) and received.envelope.subject == referral_id:
+                parts = received.envelope.trace.get("traceparent", "").split("-")
+                found.append(parts[1] if len(parts) == 4 else None)
+        return found
 
     async def wait_for(
         self,

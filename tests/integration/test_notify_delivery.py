@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -35,7 +34,7 @@ from pathway_schemas.events import (
 from services.notify import fhir, signing
 from services.notify.main import create_app
 from services.notify.settings import Settings
-from tests.harness import TopicReader, publish, running_service
+from tests.harness import TopicReader, publish, running_service, send_records
 from tests.helpers import wait_until
 from tests.unit.notify.builders import notify_config, referral_submitted, report_issued
 
@@ -96,14 +95,7 @@ class PracticeEndpoint:
 
 async def send(kafka: str, record: KafkaRecord) -> None:
     """Publish one record exactly as built (its id and trace headers)."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            record.topic, record.value, key=record.key, headers=list(record.headers)
-        )
-    finally:
-        await producer.stop()
+    await send_records(kafka, [record])
 
 
 def receiver(*endpoints: PracticeEndpoint) -> FastAPI:

@@ -9,13 +9,11 @@ from typing import Any
 import httpx
 import nhs_number
 import pytest
-from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pathway_schemas import topics
-from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import to_record
 from pathway_schemas.events import (
     ReferralAmended,
@@ -30,7 +28,7 @@ from services.common.clock import FixedClock
 from services.request.main import create_app
 from services.request.repository import REVISION, TRACE
 from services.request.settings import Settings
-from tests.harness import TopicReader, publish, running_service
+from tests.harness import TopicReader, publish, running_service, send_records, trace_hex
 from tests.helpers import wait_until
 from tests.unit.interop.samples import service_request
 
@@ -98,31 +96,7 @@ async def send_intake(kafka: str, event: ReferralRequested, trace: str) -> None:
     record = to_record(
         event, topic=topics.REFERRAL_INTAKE, source="/tests", trace=traceparent(trace)
     )
-    producer = AIOKafkaProducer(bootstrap_servers=kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            record.topic, record.value, key=record.key, headers=list(record.headers)
-        )
-    finally:
-        await producer.stop()
-
-
-def traces(reader: TopicReader, kind: type[PathwayEvent], referral_id: str) -> list[str | None]:
-    """The trace id of each event of a type for a referral, in order."""
-    found = []
-    for received in reader.events():
-        if isinstance(received.event, kind) and getattr(received.event, "referral_id", None) == (
-            referral_id
-        ):
-            parts = received.envelope.trace.get("traceparent", "").split("-")
-            found.append(parts[1] if len(parts) == 4 else None)
-    return found
-
-
-def hex_trace(span: ReadableSpan) -> str:
-    assert span.context is not None
-    return format(span.context.trace_id, "032x")
+    await send_records(kafka, [record])
 
 
 async def timeline_traces(client: httpx.AsyncClient, referral_id: str) -> dict[str, str | None]:
@@ -263,18 +237,18 @@ async def test_commands_continue_the_submissions_trace_and_link_the_call(
         await reader.wait_for(
             lambda _: (
                 len([r for r in reader.events() if isinstance(r.event, ReferralCancelled)]) == 4
-                and bool(traces(reader, ReferralQueryAnswered, queried))
-                and bool(traces(reader, ReferralAmended, returned))
+                and bool(reader.trace_ids(ReferralQueryAnswered, queried))
+                and bool(reader.trace_ids(ReferralAmended, returned))
             ),
             what="the answer, the amendment and four cancellations",
         )
-        assert traces(reader, ReferralQueryAnswered, queried) == [QUERIED_TRACE]
-        assert traces(reader, ReferralAmended, returned) == [RETURNED_TRACE]
-        assert traces(reader, ReferralCancelled, cancelled) == [CANCELLED_TRACE]
-        assert traces(reader, ReferralCancelled, fhir_id) == [FHIR_TRACE]
-        assert traces(reader, ReferralCancelled, from_intake) == [INTAKE_TRACE]
+        assert reader.trace_ids(ReferralQueryAnswered, queried) == [QUERIED_TRACE]
+        assert reader.trace_ids(ReferralAmended, returned) == [RETURNED_TRACE]
+        assert reader.trace_ids(ReferralCancelled, cancelled) == [CANCELLED_TRACE]
+        assert reader.trace_ids(ReferralCancelled, fhir_id) == [FHIR_TRACE]
+        assert reader.trace_ids(ReferralCancelled, from_intake) == [INTAKE_TRACE]
         # Nothing kept: the command stays in the call's trace.
-        assert traces(reader, ReferralCancelled, kept_none) == [CLIENT_TRACE]
+        assert reader.trace_ids(ReferralCancelled, kept_none) == [CLIENT_TRACE]
 
         # The timeline records the same trace for each entry.
         answer_type, amend_type = ReferralQueryAnswered.event_type, ReferralAmended.event_type
@@ -316,7 +290,7 @@ async def test_commands_continue_the_submissions_trace_and_link_the_call(
         linked: set[tuple[str, Any, Any]] = set()
         for span in command_spans():
             command = (span.attributes or {}).get("referral.command")
-            if hex_trace(span) == CLIENT_TRACE:
+            if trace_hex(span) == CLIENT_TRACE:
                 # Without a kept trace the command is a child of its call, not linked to it.
                 assert command == "cancel"
                 assert not span.links
@@ -325,8 +299,8 @@ async def test_commands_continue_the_submissions_trace_and_link_the_call(
                 continue
             [link] = span.links
             call_span = servers[link.context.span_id]
-            assert hex_trace(call_span) == CLIENT_TRACE
-            linked.add((hex_trace(span), command, (call_span.attributes or {})["http.route"]))
+            assert trace_hex(call_span) == CLIENT_TRACE
+            linked.add((trace_hex(span), command, (call_span.attributes or {})["http.route"]))
         assert linked == {
             (QUERIED_TRACE, "answer", "/referrals/{referral_id}/answer"),
             (RETURNED_TRACE, "amend", "/referrals/{referral_id}/amend"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -17,7 +16,7 @@ from pathway_schemas.events import VettingAccepted, VettingQueried, VettingQueue
 from services.common.clock import FixedClock
 from services.vetting.main import create_app
 from services.vetting.settings import Settings
-from tests.harness import TopicReader, running_service
+from tests.harness import TopicReader, running_service, send_records, trace_hex
 from tests.helpers import wait_until
 from tests.unit.vetting.builders import T0, amended, submitted
 
@@ -38,33 +37,13 @@ def traceparent(trace_id: str) -> dict[str, str]:
 
 async def send_traced(kafka: str, *sent: tuple[PathwayEvent, str]) -> None:
     """Publish referral events as a practice system would, each in its own trace."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka)
-    await producer.start()
-    try:
-        for event, trace_id in sent:
-            record = to_record(
-                event, topic=topics.REFERRAL, source="/tests", trace=traceparent(trace_id)
-            )
-            await producer.send_and_wait(
-                record.topic, record.value, key=record.key, headers=list(record.headers)
-            )
-    finally:
-        await producer.stop()
-
-
-def traces(reader: TopicReader, kind: type[Any], referral_id: str) -> list[str | None]:
-    """The trace id of each event of a type for a referral, in order."""
-    found = []
-    for received in reader.events():
-        if isinstance(received.event, kind) and received.event.referral_id == referral_id:
-            parts = received.envelope.trace.get("traceparent", "").split("-")
-            found.append(parts[1] if len(parts) == 4 else None)
-    return found
-
-
-def hex_trace(span: ReadableSpan) -> str:
-    assert span.context is not None
-    return format(span.context.trace_id, "032x")
+    await send_records(
+        kafka,
+        [
+            to_record(event, topic=topics.REFERRAL, source="/tests", trace=traceparent(trace_id))
+            for event, trace_id in sent
+        ],
+    )
 
 
 async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_call(
@@ -115,7 +94,7 @@ async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_
         # An amendment arrives in a trace of its own; the next decision keeps the referral's.
         await send_traced(kafka, (amended(to_return, occurred_at=clock.now()), AMENDMENT_TRACE))
         await reader.wait_for(
-            lambda _: len(traces(reader, VettingQueued, to_return.referral_id)) == 2,
+            lambda _: len(reader.trace_ids(VettingQueued, to_return.referral_id)) == 2,
             what="the amended referral queued again",
         )
         again = await client.post(
@@ -124,17 +103,17 @@ async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_
         assert again.status_code == 200, again.text
 
         await reader.wait_for(
-            lambda _: bool(traces(reader, VettingAccepted, to_return.referral_id)),
+            lambda _: bool(reader.trace_ids(VettingAccepted, to_return.referral_id)),
             what="the amended referral accepted",
         )
-        assert traces(reader, VettingAccepted, to_accept.referral_id) == [ACCEPTED_TRACE]
-        assert traces(reader, VettingReturned, to_return.referral_id) == [RETURNED_TRACE]
-        assert traces(reader, VettingQueried, to_query.referral_id) == [QUERIED_TRACE]
-        assert traces(reader, VettingQueued, to_return.referral_id) == [
+        assert reader.trace_ids(VettingAccepted, to_accept.referral_id) == [ACCEPTED_TRACE]
+        assert reader.trace_ids(VettingReturned, to_return.referral_id) == [RETURNED_TRACE]
+        assert reader.trace_ids(VettingQueried, to_query.referral_id) == [QUERIED_TRACE]
+        assert reader.trace_ids(VettingQueued, to_return.referral_id) == [
             RETURNED_TRACE,
             AMENDMENT_TRACE,
         ]
-        assert traces(reader, VettingAccepted, to_return.referral_id) == [RETURNED_TRACE]
+        assert reader.trace_ids(VettingAccepted, to_return.referral_id) == [RETURNED_TRACE]
 
         # Spans are exported as they end: the four decisions' spans and their calls' spans.
         def decision_spans() -> list[ReadableSpan]:
@@ -142,7 +121,7 @@ async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_
 
         await wait_until(lambda: len(decision_spans()) == 4, message="four decision spans")
         by_outcome = {
-            (hex_trace(s), (s.attributes or {}).get("vetting.outcome")) for s in decision_spans()
+            (trace_hex(s), (s.attributes or {}).get("vetting.outcome")) for s in decision_spans()
         }
         assert by_outcome == {
             (ACCEPTED_TRACE, "accepted"),
@@ -150,7 +129,7 @@ async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_
             (QUERIED_TRACE, "queried"),
             (RETURNED_TRACE, "accepted"),
         }
-        [first] = [s for s in decision_spans() if hex_trace(s) == ACCEPTED_TRACE]
+        [first] = [s for s in decision_spans() if trace_hex(s) == ACCEPTED_TRACE]
         [link] = first.links
         servers = {
             s.context.span_id: s
@@ -158,7 +137,7 @@ async def test_http_decisions_continue_the_trace_of_the_submission_and_link_the_
             if s.name == "HTTP POST" and s.context is not None
         }
         call = servers[link.context.span_id]
-        assert hex_trace(call) == CLIENT_TRACE
+        assert trace_hex(call) == CLIENT_TRACE
         assert (call.attributes or {})["http.route"] == "/worklist/{referral_id}/accept"
         # No patient identifier in any span of the service.
         assert all(
