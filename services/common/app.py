@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -102,7 +103,10 @@ def build_runtime(
     publisher = Publisher(broker, service, metrics)
     commands = CommandCounter(service, metrics.registry)
     store = Store(
-        make_client(settings.mongo, commands=commands), settings.database_name(service), service
+        make_client(settings.mongo, commands=commands),
+        settings.database_name(service),
+        service,
+        processed_retention=timedelta(days=settings.mongo.processed_retention_days),
     )
     consumer = Consumer(
         service=service,

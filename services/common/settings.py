@@ -37,6 +37,10 @@ class MongoSettings(BaseModel):
     url: str = "mongodb://127.0.0.1:27117/?directConnection=true"
     database: str = ""  # empty: imaging_<service>
     server_selection_timeout_ms: int = Field(default=5_000, ge=100)
+    # How long a processed mark (the event ids a service applied) is kept. Longer than the
+    # canonical topics' retention (400 days), so that no event still on Kafka can be applied
+    # again when it is read again (a replay, a reset group) after its mark is gone.
+    processed_retention_days: int = Field(default=450, ge=1)
 
 
 class HttpSettings(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from pathway_schemas.base import PathwayEvent
 from pathway_schemas.envelope import KafkaRecord, derived_event_id, new_event_id, to_record
@@ -30,6 +30,11 @@ Document = dict[str, Any]
 
 OUTBOX = "outbox"
 PROCESSED = "processed"
+# A processed mark's wall-clock time: its expiry (TTL index) counts from here.
+MARKED_AT = "marked_at"
+# MongoDB's answers when an index exists with other options (IndexOptionsConflict,
+# IndexKeySpecsConflict).
+_INDEX_OPTIONS_CONFLICT = (85, 86)
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -116,16 +121,38 @@ class Outcome(Generic[T]):
 
 
 class Store:
-    def __init__(self, client: AsyncMongoClient[Document], database: str, service: str) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        database: str,
+        service: str,
+        *,
+        processed_retention: timedelta = timedelta(days=450),
+    ) -> None:
         self.client = client
         self.db: AsyncDatabase[Document] = client[database]
         self.service = service
+        self.processed_retention = processed_retention
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
 
     async def ensure_kit_indexes(self) -> None:
         await self.db[OUTBOX].create_index("seq")
+        # Processed marks expire (a TTL index on their wall-clock time), or they would grow
+        # for ever: one per event a service applies.
+        seconds = int(self.processed_retention.total_seconds())
+        try:
+            await self.db[PROCESSED].create_index(MARKED_AT, expireAfterSeconds=seconds)
+        except OperationFailure as conflict:
+            if conflict.code not in _INDEX_OPTIONS_CONFLICT:
+                raise
+            # The retention setting changed since the index was made: change the index.
+            await self.db.command(
+                "collMod",
+                PROCESSED,
+                index={"keyPattern": {MARKED_AT: 1}, "expireAfterSeconds": seconds},
+            )
 
     async def transact(
         self,
@@ -144,7 +171,10 @@ class Store:
             if cause_id is not None:
                 try:
                     await self.db[PROCESSED].insert_one(
-                        {"_id": cause_id, "at": moment}, session=session
+                        # `at` on the service clock (a simulated one may stand anywhere);
+                        # the expiry is about real time.
+                        {"_id": cause_id, "at": moment, MARKED_AT: datetime.now(UTC)},
+                        session=session,
                     )
                 except DuplicateKeyError:
                     raise _AlreadyProcessed from None
