@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +29,16 @@ from pydantic import (
 from pathway_schemas.values import Modality, OdsCode
 
 SiteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def _no_offset(value: time) -> time:
+    # An offset would make it a moment, not a wall time (and times with and without one
+    # cannot even be compared).
+    if value.tzinfo is not None:
+        raise ValueError("a wall time is HH:MM with no UTC offset, e.g. 08:00")
+    return value
+
+
 # London wall time has no UTC offset, so it is not a JSON Schema "time" (RFC 3339 needs one).
 WallTime = Annotated[
     time,
@@ -39,6 +50,7 @@ WallTime = Annotated[
             "examples": ["08:00"],
         }
     ),
+    AfterValidator(_no_offset),
 ]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

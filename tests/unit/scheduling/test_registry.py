@@ -59,6 +59,12 @@ def test_a_site_without_hours_gets_the_pathway_defaults() -> None:
         ({"modalities": {"XR": {"rooms": 0}}}, "greater than or equal to 1"),
         ({"closures": [{"from": "2026-05-02", "to": "2026-05-01"}]}, "before 'from'"),
         ({"modalities": {"PET": {"rooms": 1}}}, "Input should be"),
+        # With an offset it is a moment, not a wall time (and it was once a 500 to compare).
+        (
+            {"opening_hours": {"wed": [{"open": "08:00+01:00", "close": "12:00"}]}},
+            "no UTC offset",
+        ),
+        ({"opening_hours": {"thu": [{"open": "08:00Z", "close": "12:00Z"}]}}, "no UTC offset"),
     ],
 )
 def test_a_wrong_site_is_refused_with_a_message_naming_the_problem(
