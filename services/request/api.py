@@ -310,6 +310,23 @@ ReferralIdPath = Annotated[str, Path(pattern=REFERRAL_ID_PATTERN, description="T
 READERS = (Role.PRACTICE, Role.PROVIDER, *sorted(service.READ_ANY))
 
 
+async def readable_by(referrals: Referrals, referral_id: str, principal: Principal) -> Document:
+    """The referral if the principal may read it (`GET /referrals/{id}` and the FHIR read).
+
+    NotFound, counted as a denial, both when there is none and when it is not theirs: a
+    caller learns nothing of other practices' referrals.
+    """
+    try:
+        return await referrals.readable(
+            referral_id,
+            lambda d: service.may_read(principal, d["practice_ods"], d.get("providers", ())),
+        )
+    except NotFound:
+        runtime = referrals.runtime
+        runtime.metrics.authz_denied.labels(runtime.service, "http").inc()
+        raise
+
+
 def build_router(referrals: Referrals) -> APIRouter:
     router = APIRouter(tags=["referrals"])
     window = referrals.duplicate_window_days
@@ -342,14 +359,7 @@ def build_router(referrals: Referrals) -> APIRouter:
         )
 
     async def visible(referral_id: str, principal: Principal) -> Document:
-        try:
-            return await referrals.readable(
-                referral_id,
-                lambda d: service.may_read(principal, d["practice_ods"], d.get("providers", ())),
-            )
-        except NotFound:
-            denied.inc()
-            raise
+        return await readable_by(referrals, referral_id, principal)
 
     async def actionable(
         referral_id: str, principal: Principal, *, operator_may: bool = False

@@ -16,18 +16,19 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
+from pathway_schemas.catalogue import CATALOGUE
 from pathway_schemas.events import ReferralDetails
 from pathway_schemas.values import FieldError, GuidanceAdvice
 from services.common.auth import Principal, Role, require
-from services.common.errors import Invalid, PathwayError
+from services.common.errors import Invalid, NotFound, PathwayError
 from services.common.fhir import (
     FHIR_JSON,
     FhirError,
@@ -39,7 +40,7 @@ from services.common.fhir import (
     operation_outcome,
 )
 from services.request import service
-from services.request.api import IDEMPOTENCY_KEY_PATTERN, SubmitReferral
+from services.request.api import IDEMPOTENCY_KEY_PATTERN, READERS, SubmitReferral, readable_by
 from services.request.commands import Referrals
 from services.request.repository import Document
 from services.request.timeline import ReferralState
@@ -48,6 +49,9 @@ MAX_BODY_BYTES = 1_000_000
 _BASE = "https://imaging-pathway.example.nhs.uk/fhir"
 REFERRAL_ID_SYSTEM = f"{_BASE}/Id/referral-id"
 REFERRER_ID_SYSTEM = f"{_BASE}/Id/referrer-id"
+# The practice's own id of the request (its idempotency key): only the value is kept, not
+# the system the practice gave it under, so the read gives it back under this one.
+REQUEST_ID_SYSTEM = f"{_BASE}/Id/request-id"
 EXAMINATION_SYSTEM = f"{_BASE}/CodeSystem/examination-code"
 CARE_SETTING_EXTENSION = f"{_BASE}/StructureDefinition/care-setting"
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -63,7 +67,11 @@ PERSON_SYSTEMS = (
 )
 # FHIR request-priority to the pathway's two priorities.
 PRIORITIES = {"routine": "routine", "urgent": "urgent", "asap": "urgent", "stat": "urgent"}
+# And back: the pathway's priority as the FHIR request-priority the intake reads as it.
+FHIR_PRIORITIES = {"routine": "routine", "urgent": "urgent"}
 INTENTS = ("order", "original-order")
+# Every referral is for imaging (SNOMED CT 363679005): the category a GP system files it under.
+IMAGING_CATEGORY = {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}
 
 
 # --------------------------------------------------------------------------- OperationOutcome
@@ -81,6 +89,8 @@ ELEMENTS = {
     "request_id": "ServiceRequest.identifier",
     "header:Idempotency-Key": "ServiceRequest.identifier",
 }
+# A FHIR id as `fhir_id` makes it from a referral id.
+FHIR_ID_PATTERN = r"ref-[0-9a-f]{32}"
 
 
 def _element(name: str) -> str:
@@ -236,6 +246,13 @@ def _requester(resource: ServiceRequest, contained: dict[str, Any], found: _Foun
             _organization(organization[1], f"{role}.organization", found)
 
 
+def _examination_code(code: str) -> dict[str, Any]:
+    """The CodeableConcept `_examination` reads the examination code from."""
+    coding = {"system": EXAMINATION_SYSTEM, "code": code}
+    exam = CATALOGUE.get(code)
+    return {"coding": [{**coding, "display": exam.name} if exam else coding]}
+
+
 def _examination(resource: ServiceRequest, found: _Found) -> None:
     codings = resource.code.coding if resource.code is not None else None
     code = next((c.code for c in codings or () if c.system == EXAMINATION_SYSTEM and c.code), None)
@@ -378,6 +395,13 @@ def fhir_id(referral_id: str) -> str:
     return referral_id.replace("_", "-")
 
 
+def referral_id_of(resource_id: str) -> str | None:
+    """The referral a FHIR id names; None when `fhir_id` never makes such an id."""
+    if not re.fullmatch(FHIR_ID_PATTERN, resource_id):
+        return None
+    return resource_id.replace("-", "_")
+
+
 _STATUS = {
     ReferralState.CANCELLED: "revoked",
     ReferralState.RETURNED: "on-hold",
@@ -392,13 +416,75 @@ _STATUS = {
 
 def created_resource(resource: ServiceRequest, document: Document) -> dict[str, Any]:
     """The ServiceRequest as recorded: the referral's id, identifier, status and time."""
-    body = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return _as_recorded(
+        resource.model_dump(mode="json", by_alias=True, exclude_none=True), document
+    )
+
+
+def _contained_with(kind: str, local_id: str, identifier: dict[str, str]) -> dict[str, Any]:
+    """A contained resource known only by one identifier, referenced as `#local_id`."""
+    return {"resourceType": kind, "id": local_id, "identifier": [identifier]}
+
+
+def read_resource(document: Document) -> dict[str, Any]:
+    """The ServiceRequest of a stored referral, in the shape `read_service_request` reads.
+
+    Every referral field the intake reads comes back in the element it is read from, so a
+    resubmission of this body is the same request (and, by its identifier, the same referral).
+    """
+    body: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "identifier": [
+            {"system": REQUEST_ID_SYSTEM, "value": key}
+            for key in (document.get("idempotency_key"),)
+            if key
+        ],
+        "intent": "order",
+        "priority": FHIR_PRIORITIES[document["priority"]],
+        "category": [{"coding": [IMAGING_CATEGORY]}],
+        "code": _examination_code(document["examination_code"]),
+        "subject": {"reference": "#patient"},
+        "requester": {"reference": "#role"},
+        "authoredOn": _instant(document["submitted_at"]),
+        "reasonCode": [{"text": document["clinical_question"]}],
+        "extension": [{"url": CARE_SETTING_EXTENSION, "valueCode": document["care_setting"]}],
+        "contained": [
+            _contained_with(
+                "Patient", "patient", {"system": NHS_NUMBER_SYSTEM, "value": document["nhs_number"]}
+            ),
+            _contained_with(
+                "Practitioner",
+                "referrer",
+                {"system": REFERRER_ID_SYSTEM, "value": document["referrer_id"]},
+            ),
+            _contained_with(
+                "Organization",
+                "practice",
+                {"system": ODS_SYSTEM, "value": document["practice_ods"]},
+            ),
+            {
+                "resourceType": "PractitionerRole",
+                "id": "role",
+                "practitioner": {"reference": "#referrer"},
+                "organization": {"reference": "#practice"},
+            },
+        ],
+    }
+    return _as_recorded(body, document)
+
+
+def _instant(moment: datetime) -> str:
+    # The store gives back UTC; FHIR instants need the offset written.
+    return moment.astimezone(UTC).isoformat()
+
+
+def _as_recorded(body: dict[str, Any], document: Document) -> dict[str, Any]:
+    """A ServiceRequest body with the referral's id, identifier, status and last change."""
     body["id"] = fhir_id(document["_id"])
     identifiers = [i for i in body.get("identifier", []) if i.get("system") != REFERRAL_ID_SYSTEM]
     body["identifier"] = [*identifiers, {"system": REFERRAL_ID_SYSTEM, "value": document["_id"]}]
     body["status"] = _STATUS.get(ReferralState(document["state"]), "active")
-    updated: datetime = document["updated_at"]
-    body["meta"] = {**body.get("meta", {}), "lastUpdated": updated.isoformat()}
+    body["meta"] = {**body.get("meta", {}), "lastUpdated": _instant(document["updated_at"])}
     return ServiceRequest.model_validate(body).model_dump(
         mode="json", by_alias=True, exclude_none=True
     )
@@ -514,5 +600,29 @@ def build_router(referrals: Referrals) -> APIRouter:
         return JSONResponse(
             status_code=status, content=content, media_type=FHIR_JSON, headers=headers
         )
+
+    @router.get(
+        "/ServiceRequest/{resource_id}",
+        summary="Read a referral as a FHIR R4 ServiceRequest (where POST's Location points)",
+        responses={
+            200: _fhir_answer("The referral as a ServiceRequest"),
+            401: _fhir_answer("No or unknown API key: an OperationOutcome"),
+            403: _fhir_answer("A role that may not read referrals: an OperationOutcome"),
+            404: _fhir_answer("No such referral visible to the caller: an OperationOutcome"),
+            422: _fhir_answer("An id longer than a FHIR id: an OperationOutcome"),
+        },
+    )
+    async def read_service_request_by_id(
+        resource_id: Annotated[
+            str, Path(max_length=64, description="The id from Location: `ref-…`")
+        ],
+        principal: Annotated[Principal, Depends(require(*READERS))],
+    ) -> Response:
+        referral_id = referral_id_of(resource_id)
+        if referral_id is None:
+            # Not an id this server gives out; the value is not echoed back.
+            raise NotFound("no ServiceRequest with this id")
+        document = await readable_by(referrals, referral_id, principal)
+        return JSONResponse(content=read_resource(document), media_type=FHIR_JSON)
 
     return router

@@ -152,6 +152,23 @@ TABLE = [
         path="/referrals/{referral}/amend",
         body={"amended_by": "G1234567", "clinical_question": "Cough for eight weeks now"},
     ),
+    # The FHIR read of a referral: the same readers as the native one.
+    row(
+        "request",
+        "GET",
+        "/fhir/ServiceRequest/{resource_id}",
+        only(
+            practice_own=200,
+            practice_other=404,
+            provider_own=200,
+            provider_other=404,
+            vetting=200,
+            reporter=200,
+            clerk=200,
+            operator=200,
+        ),
+        path="/fhir/ServiceRequest/{fhir_referral}",
+    ),
     # FHIR intake: the body is not a ServiceRequest, so an admitted caller gets 400.
     row(
         "request",
@@ -401,6 +418,8 @@ class World:
     def fill(self, template: str, role: str, nhs: str) -> str:
         values = {
             "referral": self.referral,
+            # A FHIR id has no underscore (services/request/fhir.py `fhir_id`).
+            "fhir_referral": self.referral.replace("_", "-"),
             "provider": self.provider,
             "report": self.report,
             "delivery": self.delivery,

@@ -14,16 +14,20 @@ import pytest
 from fastapi import FastAPI
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from pathway_schemas.catalogue import CATALOGUE
 from pathway_schemas.events import ReferralDetails
-from pathway_schemas.values import FieldError
+from pathway_schemas.values import FieldError, Priority
 from services.common import fhir as kit_fhir
 from services.common.auth import Principals
 from services.request import fhir
 from services.request.commands import Referrals, Submission
 from services.request.metrics import RequestMetrics
 from services.request.service import IdempotencyConflict, ReferralRefused
+from services.request.timeline import ReferralState
 from tests.unit.interop import samples
 
 REPO = Path(__file__).resolve().parents[3]
@@ -364,3 +368,106 @@ async def test_the_route_is_in_the_openapi_document_with_fhir_answers(
     operation = document["paths"]["/fhir/ServiceRequest"]["post"]
     assert kit_fhir.FHIR_JSON in operation["requestBody"]["content"]
     assert kit_fhir.FHIR_JSON in operation["responses"]["422"]["content"]
+
+
+# --------------------------------------------------------------------------- the read
+
+
+def stored(**changes: Any) -> dict[str, Any]:
+    """A referral document as the request service stores it (the fields the read uses)."""
+    document: dict[str, Any] = {
+        "_id": samples.REFERRAL_ID,
+        "practice_ods": "A81001",
+        "referrer_id": "G1234567",
+        "nhs_number": samples.NHS_NUMBER,
+        "examination_code": "XCHES",
+        "clinical_question": "Cough for six weeks in a smoker",
+        "priority": "routine",
+        "care_setting": "gp",
+        "idempotency_key": "GP-ORDER-00001",
+        "state": "awaiting_vetting",
+        # The Sunday the clocks go forward, either side of 01:00 UTC.
+        "submitted_at": datetime(2026, 3, 29, 0, 30, tzinfo=UTC),
+        "updated_at": datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
+    }
+    document.update(changes)
+    return document
+
+
+def read_back(resource: dict[str, Any]) -> dict[str, Any]:
+    return fhir.checked_input(fhir.read_service_request(body(resource)).values).model_dump(
+        mode="json"
+    )
+
+
+_FIELDS = ("nhs_number", "referrer_id", "examination_code", "clinical_question", "priority")
+
+
+@given(
+    priority=st.sampled_from(["routine", "urgent"]),
+    care_setting=st.sampled_from(["gp", "inpatient", "emergency"]),
+    code=st.sampled_from(sorted(CATALOGUE)),
+    question=st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")),
+        min_size=3,
+        max_size=200,
+    ).filter(lambda q: q.strip() == q and any(c.isalnum() for c in q)),
+    state=st.sampled_from(list(ReferralState)),
+)
+def test_the_read_gives_back_every_field_the_intake_reads_as_valid_fhir(
+    priority: str, care_setting: str, code: str, question: str, state: ReferralState
+) -> None:
+    document = stored(
+        priority=priority,
+        care_setting=care_setting,
+        examination_code=code,
+        clinical_question=question,
+        state=state.value,
+    )
+    resource = fhir.read_resource(document)
+    model = ServiceRequest.model_validate(resource)
+    assert model.id == samples.REFERRAL_ID.replace("_", "-")
+    assert fhir.referral_id_of(str(model.id)) == samples.REFERRAL_ID
+    assert (
+        model.status
+        == fhir.created_resource(
+            ServiceRequest.model_validate(samples.service_request()), document
+        )["status"]
+    )
+    # The intake refuses anything but an active request: read an active copy back.
+    details = read_back({**resource, "status": "active"})
+    assert {k: details[k] for k in _FIELDS} == {k: document[k] for k in _FIELDS}
+    assert details["practice_ods"] == "A81001"
+    assert details["care_setting"] == care_setting
+
+
+def test_the_read_of_a_sample_post_reads_the_same_as_the_post_and_carries_its_times() -> None:
+    posted = read_back(samples.service_request())
+    resource = fhir.read_resource(stored())
+    assert read_back(resource) == posted
+    identifiers = {(i["system"], i["value"]) for i in resource["identifier"]}
+    assert identifiers == {
+        (fhir.REQUEST_ID_SYSTEM, "GP-ORDER-00001"),
+        (fhir.REFERRAL_ID_SYSTEM, samples.REFERRAL_ID),
+    }
+    # The identifier the intake takes as the idempotency key is the practice's, as posted.
+    assert fhir.read_service_request(body(resource)).identifier == "GP-ORDER-00001"
+    assert resource["authoredOn"] == "2026-03-29T00:30:00Z"
+    assert resource["meta"]["lastUpdated"] == "2026-03-29T01:30:00Z"
+    assert resource["code"]["coding"][0]["display"] == CATALOGUE["XCHES"].name
+    assert fhir.read_resource(stored(state="cancelled"))["status"] == "revoked"
+
+
+def test_each_pathway_priority_goes_out_as_a_fhir_priority_that_reads_back_as_it() -> None:
+    assert {fhir.PRIORITIES[fhir.FHIR_PRIORITIES[p.value]] for p in Priority} == {
+        p.value for p in Priority
+    }
+    assert all(fhir.PRIORITIES[fhir.FHIR_PRIORITIES[p.value]] == p.value for p in Priority)
+
+
+@pytest.mark.parametrize(
+    "resource_id",
+    ["ref_3f2a9c1e5b7d4e8fa1b2c3d4e5f60718", "ref-3F2A9C1E5B7D4E8FA1B2C3D4E5F60718", "ref-", ""],
+)
+def test_an_id_fhir_id_never_makes_names_no_referral(resource_id: str) -> None:
+    assert fhir.referral_id_of(resource_id) is None
