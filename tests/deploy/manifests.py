@@ -111,7 +111,7 @@ def expected_topic_access() -> dict[str, tuple[set[str], set[str]]]:
 @cache
 def documented_metrics() -> frozenset[str]:
     """Metric names in docs/metrics.md (the contract every service and rule agree on)."""
-    return frozenset(re.findall(r"`(pathway_[a-z_]+)`", METRICS_DOC.read_text(encoding="utf-8")))
+    return frozenset(re.findall(r"`(pathway_[a-z0-9_]+)`", METRICS_DOC.read_text(encoding="utf-8")))
 
 
 _PROMQL_WORDS = frozenset(
