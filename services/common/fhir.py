@@ -6,18 +6,22 @@ Task acknowledgement); each says how its own pathway errors map onto FHIR elemen
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from pydantic import BaseModel, ValidationError
 
 from services.common.errors import Denied, NotFound, PathwayError, Rejected
 from services.common.messaging import OUTAGE_ERRORS
+
+R = TypeVar("R", bound=BaseModel)
 
 FHIR_JSON = "application/fhir+json"
 
@@ -95,6 +99,36 @@ def fhir_path(location: Sequence[str | int], root: str) -> str:
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
+
+
+def parse_resource(body: bytes, model: type[R], *, max_bytes: int) -> R:
+    """A request body as one FHIR resource of `model`'s type; FhirError naming each bad element
+    (413 too large, 400 not JSON, not that resource, or not valid as it)."""
+    name = model.__name__
+    if len(body) > max_bytes:
+        raise FhirError(413, [Issue("too-costly", f"the body is over {max_bytes} bytes")])
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FhirError(400, [Issue("structure", "the body is not JSON")]) from None
+    if not isinstance(payload, dict) or payload.get("resourceType") != name:
+        raise FhirError(
+            400, [Issue("structure", f"the body must be a {name} resource", "resourceType")]
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        issues = [
+            Issue(
+                "required"
+                if "required" in str(e["msg"]) or e["type"] == "missing"
+                else "structure",
+                str(e["msg"]).removeprefix("Value error, ").split("\n")[0],
+                fhir_path(e["loc"], name),
+            )
+            for e in error.errors(include_input=False, include_url=False, include_context=False)
+        ]
+        raise FhirError(400, issues) from None
 
 
 def issue_type(error: PathwayError) -> IssueType:

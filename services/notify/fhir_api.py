@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -23,7 +22,6 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.task import Task
-from pydantic import ValidationError
 
 from services.common.auth import Principal, Role, require
 from services.common.errors import Denied, PathwayError
@@ -34,6 +32,7 @@ from services.common.fhir import (
     fhir_route,
     issue_type,
     outcome_response,
+    parse_resource,
 )
 from services.notify import fhir
 from services.notify.api import AcknowledgementDesk
@@ -72,39 +71,9 @@ class TaskRequest:
     action: str
 
 
-def _path(location: Sequence[str | int]) -> str:
-    path = "Task"
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
 def read_task(body: bytes) -> TaskRequest:
     """What an acknowledging Task says; FhirError (400 or 422) naming each bad element."""
-    if len(body) > MAX_BODY_BYTES:
-        raise FhirError(413, [Issue("too-costly", f"the body is over {MAX_BODY_BYTES} bytes")])
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FhirError(400, [Issue("structure", "the body is not JSON")]) from None
-    if not isinstance(payload, dict) or payload.get("resourceType") != "Task":
-        raise FhirError(
-            400, [Issue("structure", "the body must be a Task resource", "resourceType")]
-        )
-    try:
-        task = Task.model_validate(payload)
-    except ValidationError as error:
-        raise FhirError(
-            400,
-            [
-                Issue(
-                    "structure",
-                    str(e["msg"]).removeprefix("Value error, ").split("\n")[0],
-                    _path(e["loc"]),
-                )
-                for e in error.errors(include_input=False, include_url=False, include_context=False)
-            ],
-        ) from None
+    task = parse_resource(body, Task, max_bytes=MAX_BODY_BYTES)
     issues: list[Issue] = []
     if task.status != "completed":
         issues.append(

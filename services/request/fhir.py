@@ -12,7 +12,6 @@ Errors come back as an `OperationOutcome` with one issue per bad element (FHIRPa
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,10 @@ from services.common.fhir import (
     FhirError,
     Issue,
     IssueType,
-    fhir_path,
     fhir_route,
     issue_type,
     operation_outcome,
+    parse_resource,
 )
 from services.request import service
 from services.request.api import IDEMPOTENCY_KEY_PATTERN, READERS, SubmitReferral, readable_by
@@ -292,30 +291,7 @@ class Intake:
 
 def read_service_request(body: bytes) -> Intake:
     """The referral a ServiceRequest asks for; FhirError (400 or 422) naming each bad element."""
-    if len(body) > MAX_BODY_BYTES:
-        raise FhirError(413, [Issue("too-costly", f"the body is over {MAX_BODY_BYTES} bytes")])
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FhirError(400, [Issue("structure", "the body is not JSON")]) from None
-    if not isinstance(payload, dict) or payload.get("resourceType") != "ServiceRequest":
-        raise FhirError(
-            400, [Issue("structure", "the body must be a ServiceRequest resource", "resourceType")]
-        )
-    try:
-        resource = ServiceRequest.model_validate(payload)
-    except ValidationError as error:
-        issues = [
-            Issue(
-                "required"
-                if "required" in str(e["msg"]) or e["type"] == "missing"
-                else "structure",
-                str(e["msg"]).removeprefix("Value error, ").split("\n")[0],
-                fhir_path(e["loc"], "ServiceRequest"),
-            )
-            for e in error.errors(include_input=False, include_url=False, include_context=False)
-        ]
-        raise FhirError(400, issues) from None
+    resource = parse_resource(body, ServiceRequest, max_bytes=MAX_BODY_BYTES)
     found = _Found()
     if resource.status != "active":
         found.bad("ServiceRequest.status", "a new referral has status active")
